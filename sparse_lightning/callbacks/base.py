@@ -1,0 +1,125 @@
+"""What every sparsity method shares: layer selection, mask buffers, masking after each step."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+
+from sparse_lightning.errors import ConfigError
+from sparse_lightning.masks import MaskSet, resolve_layer_targets, select_prunable
+
+log = logging.getLogger(__name__)
+
+
+class SparsityCallback(pl.Callback):
+    """Base of every method: chooses the prunable weights and keeps them masked.
+
+    The wrapped model is ``pl_module.model``. Masks are created in ``setup`` (before the optimiser
+    is built and before a checkpoint is restored into them) and applied by an optimiser
+    step-post hook, so pruned weights are exactly zero in every forward pass, whatever momentum
+    or weight decay does to them in between. Subclasses decide when and how masks change.
+    """
+
+    method_name = "dense"
+
+    def __init__(
+        self,
+        target_sparsity: float = 0.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        first_layer_dense: bool = False,
+        last_layer_dense: bool = False,
+        layer_sparsity: Mapping[str, float] | None = None,
+    ) -> None:
+        target_sparsity = float(target_sparsity)
+        if not 0.0 <= target_sparsity < 1.0:
+            raise ConfigError(
+                f"sparsity target {target_sparsity} is outside the allowed range [0, 1)"
+            )
+        self.target_sparsity = target_sparsity
+        self.include = list(include) if include else None
+        self.exclude = list(exclude or ())
+        self.first_layer_dense = bool(first_layer_dense)
+        self.last_layer_dense = bool(last_layer_dense)
+        self.layer_sparsity_overrides = dict(layer_sparsity or {})
+        self.mask_set: MaskSet | None = None
+        self.layer_targets: dict[str, float] = {}
+        self._hook_handles: list[Any] = []
+
+    # -- selection -------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> MaskSet:
+        """Choose the prunable weights of ``model`` and give them mask buffers (idempotent)."""
+        if self.mask_set is not None:
+            return self.mask_set
+        names = select_prunable(
+            model, self.include, self.exclude, self.first_layer_dense, self.last_layer_dense
+        )
+        self.layer_targets = resolve_layer_targets(
+            names, self.target_sparsity, self.layer_sparsity_overrides
+        )
+        self.mask_set = MaskSet(model, names)
+        self._log_selection(model, names)
+        return self.mask_set
+
+    @rank_zero_only
+    def _log_selection(self, model: nn.Module, names: Sequence[str]) -> None:
+        params = dict(model.named_parameters())
+        lines = [
+            f"  {n} {tuple(params[n].shape)} target {self.layer_targets[n]:.4f}" for n in names
+        ]
+        log.info("%s prunes %d weight tensors:\n%s", self.method_name, len(names), "\n".join(lines))
+
+    def check_budget(self, max_steps: int) -> None:
+        """Raise ConfigError if the schedule cannot finish within ``max_steps`` optimiser steps."""
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.attach(pl_module.model)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.mask_set is not None
+        self.mask_set.refresh()  # the strategy may have moved the model since setup
+        self.mask_set.apply_()
+        for optimizer in trainer.optimizers:
+            self._hook_handles.append(optimizer.register_step_post_hook(self._after_step))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles.clear()
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        assert self.mask_set is not None
+        self.mask_set.apply_()
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Hook handles are process-local; a copied callback re-registers them at train start.
+        state = self.__dict__.copy()
+        state["_hook_handles"] = []
+        return state
+
+
+class DenseBaseline(SparsityCallback):
+    """No pruning: the same layer selection and accounting as every method, masks stay full."""
+
+    method_name = "dense"
+
+    def __init__(self, **selection: Any) -> None:
+        selection.pop("target_sparsity", None)
+        super().__init__(target_sparsity=0.0, **selection)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Nothing is ever masked, so no per-step work is registered."""

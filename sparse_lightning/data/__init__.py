@@ -1,0 +1,1 @@
+"""LightningDataModules for the offline default data and the paper's datasets."""

@@ -1,0 +1,232 @@
+"""The one mask core shared by every method.
+
+Which weights are prunable (chosen by fully-qualified parameter name), their masks as persistent
+bool buffers on the module that owns the weight (``<attr>_mask`` beside ``<attr>``, so
+``state_dict``, checkpoints, ``deepcopy`` and pickling carry them with no extra code), applying
+the masks in place, and sparsity accounting. Names are those of the wrapped model's own
+``state_dict`` (``conv1.weight``), never prefixed by a Lightning module's attribute.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparse_lightning.errors import ConfigError
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Embedding,
+)
+MASK_SUFFIX = "_mask"
+
+
+def default_prunable_names(model: nn.Module) -> list[str]:
+    """Weights of conv, linear and embedding layers, in registration order; never biases or norms.
+
+    A weight shared by several modules (tied embeddings) is listed once, under its first name.
+    """
+    seen: set[int] = set()
+    names = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        names.append(f"{module_name}.weight" if module_name else "weight")
+    return names
+
+
+def _matching(names: Sequence[str], pattern: str) -> list[str]:
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def select_prunable(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    first_layer_dense: bool = False,
+    last_layer_dense: bool = False,
+) -> list[str]:
+    """Names of the weights to prune: defaults, narrowed by glob patterns and first/last dense.
+
+    ``include`` patterns pick among all parameters (so any parameter can be pruned); ``exclude``
+    patterns drop from that set. A pattern matching nothing is an error, never a silent no-op.
+    "First" and "last" layer follow module registration order.
+    """
+    all_names = [n for n, _ in model.named_parameters()]
+    if include:
+        chosen: list[str] = []
+        for pattern in include:
+            hits = _matching(all_names, pattern)
+            if not hits:
+                raise ConfigError(
+                    f"include pattern '{pattern}' matches no parameter; "
+                    f"parameters are e.g. {_examples(all_names)}"
+                )
+            chosen += [n for n in hits if n not in chosen]
+        chosen = [n for n in all_names if n in chosen]
+    else:
+        chosen = default_prunable_names(model)
+    for pattern in exclude:
+        hits = _matching(chosen, pattern)
+        if not hits:
+            raise ConfigError(
+                f"exclude pattern '{pattern}' matches no prunable weight; "
+                f"prunable weights are {_examples(chosen)}"
+            )
+        chosen = [n for n in chosen if n not in hits]
+    if first_layer_dense and chosen:
+        chosen = chosen[1:]
+    if last_layer_dense and chosen:
+        chosen = chosen[:-1]
+    if not chosen:
+        raise ConfigError("the layer selection leaves no weight to prune")
+    return chosen
+
+
+def resolve_layer_targets(
+    names: Sequence[str], default: float, overrides: Mapping[str, float] | None
+) -> dict[str, float]:
+    """Per-weight target sparsity: ``default`` unless a glob pattern in ``overrides`` matches.
+
+    Later patterns win over earlier ones. A pattern matching no prunable weight, or a target
+    outside [0, 1), is an error.
+    """
+    targets = dict.fromkeys(names, float(default))
+    for pattern, value in (overrides or {}).items():
+        value = float(value)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(
+                f"layer_sparsity['{pattern}']={value} is outside the allowed range [0, 1)"
+            )
+        hits = _matching(names, pattern)
+        if not hits:
+            raise ConfigError(
+                f"layer_sparsity pattern '{pattern}' matches no prunable weight; "
+                f"prunable weights are {_examples(names)}"
+            )
+        for name in hits:
+            targets[name] = value
+    return targets
+
+
+def _examples(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"
+
+
+@dataclass(frozen=True)
+class MaskedWeight:
+    """One prunable weight: its name, the module that owns it and the attribute it lives in."""
+
+    name: str
+    module: nn.Module
+    attr: str
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.attr)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return getattr(self.module, self.attr + MASK_SUFFIX)
+
+
+class MaskSet:
+    """The masks of one model's prunable weights, kept as persistent buffers on their modules."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+        self.entries: list[MaskedWeight] = []
+        for name in names:
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            weight = getattr(module, attr)
+            buffer_name = attr + MASK_SUFFIX
+            if not hasattr(module, buffer_name):
+                module.register_buffer(
+                    buffer_name, torch.ones_like(weight, dtype=torch.bool), persistent=True
+                )
+            self.entries.append(MaskedWeight(name, module, attr))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the tensors, e.g. after the model moved to another device (buffers are new
+        objects then); keeps the per-step path to a single fused multiply."""
+        self._weights = [e.weight for e in self.entries]
+        self._masks = [e.mask for e in self.entries]
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every pruned entry in place (after each optimiser step and each mask change)."""
+        torch._foreach_mul_(self._weights, self._masks)
+
+    @torch.no_grad()
+    def set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Replace masks (True = kept) and zero the newly pruned weights at once."""
+        for entry in self.entries:
+            if entry.name in masks:
+                entry.mask.copy_(masks[entry.name])
+        self.refresh()
+        self.apply_()
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Copies of the current masks on the CPU, ``{name: bool tensor}``."""
+        return {e.name: e.mask.detach().to("cpu", copy=True) for e in self.entries}
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Fraction of pruned entries per weight."""
+        counts = self._counts()
+        return {name: 1.0 - kept / total for name, (kept, total) in counts.items()}
+
+    def sparsity(self) -> float:
+        """Fraction of pruned entries over all prunable weights together."""
+        counts = self._counts().values()
+        total = sum(t for _, t in counts)
+        return 1.0 - sum(k for k, _ in counts) / total if total else 0.0
+
+    def _counts(self) -> dict[str, tuple[int, int]]:
+        kept = torch.stack([e.mask.sum() for e in self.entries]).tolist()  # one host sync
+        return {e.name: (k, e.mask.numel()) for e, k in zip(self.entries, kept)}
+
+
+def strip_masks(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict without mask buffers, loadable into the unmodified model class."""
+    return {k: v for k, v in state_dict.items() if not _is_mask_key(k, state_dict)}
+
+
+def _is_mask_key(key: str, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return key.endswith(MASK_SUFFIX) and key[: -len(MASK_SUFFIX)] in state_dict
+
+
+def add_missing_mask_buffers(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Register the mask buffers a saved state_dict carries, so it loads into a fresh model."""
+    for key in state_dict:
+        if not key.endswith(MASK_SUFFIX):
+            continue
+        module_name, _, buffer_name = key.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            continue
+        attr = buffer_name[: -len(MASK_SUFFIX)]
+        if hasattr(module, attr) and not hasattr(module, buffer_name):
+            module.register_buffer(
+                buffer_name, torch.ones_like(getattr(module, attr), dtype=torch.bool)
+            )

@@ -1,0 +1,128 @@
+"""`sparse-train`: the Hydra entry point. Validate, instantiate, fit, test, write run outputs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from sparse_lightning.callbacks.base import SparsityCallback
+from sparse_lightning.errors import ConfigError
+from sparse_lightning.masks import strip_masks
+from sparse_lightning.outputs import INIT_FILE, MASKS_FILE, RESULTS_FILE, save_torch, write_json
+
+log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+OmegaConf.register_new_resolver(
+    "fraction_of", lambda total, fraction: int(round(float(total) * float(fraction))), replace=True
+)
+
+
+def build(cfg: DictConfig, name: str, **kwargs: Any) -> Any:
+    """Instantiate ``cfg[name]``; a ConfigError raised inside comes out as itself, not wrapped."""
+    try:
+        return instantiate(cfg[name], **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, ConfigError):
+            raise ConfigError(f"{name}: {cause}") from None
+        raise
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The `callbacks` group is a dict of named entries; a null entry is switched off."""
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """One run; returns the results that were written to ``results.json``."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    choices = hydra_cfg.runtime.choices
+
+    method: SparsityCallback = build(cfg, "method")
+    method.check_budget(cfg.trainer.max_steps)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build(cfg, "data")
+    model = build(cfg, "model")
+    module = build(cfg, "task", model=model)
+    mask_set = method.attach(model)
+    save_init(run_dir, model)
+
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[method, *build_callbacks(cfg)], logger=logger
+    )
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule)
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+
+    results = {
+        "method": choices.get("method"),
+        "model": choices.get("model"),
+        "data": choices.get("data"),
+        "init": cfg.init.variant,
+        "seed": cfg.seed,
+        "target_sparsity": method.target_sparsity,
+        "sparsity": mask_set.sparsity(),
+        "layer_sparsity": mask_set.layer_sparsity(),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "steps": trainer.global_step,
+        "seconds": time.time() - started,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "overrides": list(hydra_cfg.overrides.task),
+    }
+    write_outputs(run_dir, results, mask_set.masks())
+    print_summary(run_dir, results)
+    return results
+
+
+@rank_zero_only
+def save_init(run_dir: Path, model: Any) -> None:
+    """The weights before the first optimiser step, for lottery tickets; never overwritten."""
+    path = run_dir / INIT_FILE
+    if not path.exists():
+        save_torch(path, strip_masks(model.state_dict()))
+
+
+@rank_zero_only
+def write_outputs(run_dir: Path, results: dict[str, Any], masks: dict[str, Any]) -> None:
+    save_torch(run_dir / MASKS_FILE, masks)
+    write_json(run_dir / RESULTS_FILE, results)  # last: its presence means the run finished
+
+
+@rank_zero_only
+def print_summary(run_dir: Path, results: dict[str, Any]) -> None:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
+    print(
+        f"\n{results['method']} on {results['model']}/{results['data']}: "
+        f"{results['parameters']:,} dense-equivalent parameters, "
+        f"sparsity {results['sparsity']:.4f} (target {results['target_sparsity']:.2f}), "
+        f"{metrics}; {results['steps']} steps in {results['seconds']:.0f} s\n"
+        f"outputs: {run_dir} ({RESULTS_FILE}, {MASKS_FILE}, {INIT_FILE}, checkpoints/)"
+    )
+
+
+def _run(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except ConfigError as error:
+        print(f"sparse-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_run)
+
+if __name__ == "__main__":
+    main()
