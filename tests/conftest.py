@@ -1,0 +1,37 @@
+"""Shared test setup: offline W&B, few threads, and a helper that runs the real entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+torch.set_num_threads(1)
+
+TINY = [
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=20",
+    "data.num_samples=1000",
+    "data.val_size=100",
+    "logger=none",
+]
+
+
+def run_cli(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `sparse-train` as a user would, in its own process, into ``run_dir``."""
+    cmd = [sys.executable, "-m", "sparse_lightning.train", f"hydra.run.dir={run_dir}", *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)
