@@ -35,6 +35,7 @@ def default_prunable_names(model: nn.Module) -> list[str]:
     """Weights of conv, linear and embedding layers, in registration order; never biases or norms.
 
     A weight shared by several modules (tied embeddings) is listed once, under its first name.
+    Frozen weights (``requires_grad=False``, e.g. sinusoidal position tables) are never pruned.
     """
     seen: set[int] = set()
     names = []
@@ -42,7 +43,7 @@ def default_prunable_names(model: nn.Module) -> list[str]:
         if not isinstance(module, PRUNABLE_TYPES):
             continue
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+        if not isinstance(weight, nn.Parameter) or not weight.requires_grad or id(weight) in seen:
             continue
         seen.add(id(weight))
         names.append(f"{module_name}.weight" if module_name else "weight")

@@ -48,9 +48,10 @@ class PolynomialSchedule:
         if step >= self.end_step:
             return self.final_sparsity
         progress = (step - self.begin_step) / (self.end_step - self.begin_step)
-        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (
-            1.0 - progress
-        ) ** self.power
+        return (
+            self.final_sparsity
+            + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
+        )
 
     def is_update_step(self, step: int) -> bool:
         """Whether masks are recomputed after ``step`` optimiser steps."""

@@ -28,7 +28,9 @@ def run_cli(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.Co
     cmd = [sys.executable, "-m", "sparse_lightning.train", f"hydra.run.dir={run_dir}", *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 

@@ -95,7 +95,9 @@ class GradualPruning(SparsityCallback):
                 [scores[i] for i in own], [masks[i] for i in own], [targets[i] for i in own]
             )
             pooled_masks = global_masks(
-                [scores[i] for i in pooled], [masks[i] for i in pooled], self.target_sparsity * fraction
+                [scores[i] for i in pooled],
+                [masks[i] for i in pooled],
+                self.target_sparsity * fraction,
             )
             for i, mask in zip(own + pooled, own_masks + pooled_masks):
                 new[i] = mask
