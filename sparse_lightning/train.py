@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,10 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 from sparse_lightning.callbacks.base import SparsityCallback
 from sparse_lightning.errors import ConfigError
+from sparse_lightning.lottery import prepare_init
 from sparse_lightning.masks import strip_masks
 from sparse_lightning.outputs import INIT_FILE, MASKS_FILE, RESULTS_FILE, save_torch, write_json
 
@@ -27,6 +30,29 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 OmegaConf.register_new_resolver(
     "fraction_of", lambda total, fraction: int(round(float(total) * float(fraction))), replace=True
 )
+# value * num / den, rounded when value is an int: lr and steps that follow the global batch
+OmegaConf.register_new_resolver(
+    "scale",
+    lambda v, num, den=1: int(round(v * num / den)) if isinstance(v, int) else v * num / den,
+    replace=True,
+)
+OmegaConf.register_new_resolver("unquote", lambda text: str(text).replace("'", ""), replace=True)
+
+# Config groups whose option names are numbers (`sparsity=90`); Hydra's override grammar reads
+# those as ints and refuses them as group choices, so the command line is quoted for it.
+NUMERIC_GROUPS = ("sparsity",)
+_NUMBERS = re.compile(r"[0-9.]+(,[0-9.]+)*")
+
+
+def quote_numeric_choices(argv: list[str]) -> list[str]:
+    """`sparsity=50,90` -> `sparsity='50','90'`, so numbered options work in runs and sweeps."""
+    quoted = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in NUMERIC_GROUPS and _NUMBERS.fullmatch(value):
+            arg = key + sep + ",".join(f"'{v}'" for v in value.split(","))
+        quoted.append(arg)
+    return quoted
 
 
 def build(cfg: DictConfig, name: str, **kwargs: Any) -> Any:
@@ -40,9 +66,15 @@ def build(cfg: DictConfig, name: str, **kwargs: Any) -> Any:
         raise
 
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """The `callbacks` group is a dict of named entries; a null entry is switched off."""
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
+    """The `callbacks` group is a dict of named entries; a null entry is switched off.
+
+    Callbacks that only report to a logger are dropped when the run has none (`logger=none`).
+    """
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not has_logger:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -51,18 +83,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
 
-    method: SparsityCallback = build(cfg, "method")
-    method.check_budget(cfg.trainer.max_steps)
+    init = prepare_init(cfg)  # checks init.mask_from first; scratch-b rescales trainer.max_steps
+    method: SparsityCallback = init.fixed_mask_callback() or build(cfg, "method")
+    try:
+        method.check_budget(cfg.trainer.max_steps)
+    except ConfigError as error:
+        raise ConfigError(f"method: {error}") from None
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg, "data")
     model = build(cfg, "model")
     module = build(cfg, "task", model=model)
     mask_set = method.attach(model)
+    init.set_weights(model, mask_set, lambda: build(cfg, "model"))
     save_init(run_dir, model)
 
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[method, *build_callbacks(cfg)], logger=logger
+        cfg.trainer,
+        callbacks=[method, *build_callbacks(cfg, bool(logger)), *init.callbacks(run_dir)],
+        logger=logger,
     )
     started = time.time()
     trainer.fit(module, datamodule=datamodule)
@@ -82,6 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seconds": time.time() - started,
         "parameters": sum(p.numel() for p in model.parameters()),
         "overrides": list(hydra_cfg.overrides.task),
+        **init.results(mask_set),
     }
     write_outputs(run_dir, results, mask_set.masks())
     print_summary(run_dir, results)
@@ -122,7 +162,14 @@ def _run(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_run)
+_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_run)
+
+
+def main() -> None:
+    """Console script `sparse-train`."""
+    sys.argv = [sys.argv[0], *quote_numeric_choices(sys.argv[1:])]
+    _hydra_main()
+
 
 if __name__ == "__main__":
     main()
