@@ -23,11 +23,15 @@ class ClassificationModule(SparseTaskModule):
         lr_scheduler: SchedulerFactory | None = None,
         lr_scheduler_interval: str = "step",
         label_smoothing: float = 0.0,
+        top5: bool = False,
     ) -> None:
         super().__init__(model, optimizer, lr_scheduler, lr_scheduler_interval)
         self.label_smoothing = label_smoothing
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        if top5:  # logged as {stage}/acc5
+            self.val_acc5 = MulticlassAccuracy(num_classes=num_classes, top_k=5, average="micro")
+            self.test_acc5 = MulticlassAccuracy(num_classes=num_classes, top_k=5, average="micro")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -40,6 +44,9 @@ class ClassificationModule(SparseTaskModule):
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), sync_dist=True)
         accuracy(logits, y)
         self.log(f"{stage}/acc", accuracy, prog_bar=True)
+        if hasattr(self, f"{stage}_acc5"):
+            getattr(self, f"{stage}_acc5")(logits, y)
+            self.log(f"{stage}/acc5", getattr(self, f"{stage}_acc5"))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)
