@@ -1,0 +1,349 @@
+"""`sparse-report <sweep folder>`: every results.json below it -> the paper's tables and plots.
+
+Writes into the folder (or ``--out``):
+- ``results.csv``: one row per run;
+- ``results.md``: per model/data/init, the paper's table layout: rows target sparsity, columns
+  method, cells mean +- sample std over seeds (the dense baseline on a line above the table);
+- ``tradeoff.png``: metric vs achieved sparsity, one line per method; for a paper model
+  (ResNet-50, Transformer) the paper's numbers dashed beside it (sparse_lightning.paper_results);
+- ``layers.png``: per-layer sparsity per method (the paper's layer-distribution figure).
+Runs whose results.json cannot be read, or is of an older format, are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from sparse_lightning import paper_results
+from sparse_lightning.errors import ConfigError
+from sparse_lightning.outputs import RESULTS_FILE
+
+# Keys every results.json has had since the first format, with their types.
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "method": str,
+    "model": str,
+    "seed": int,
+    "target_sparsity": (int, float),
+    "sparsity": (int, float),
+    "layer_sparsity": dict,
+    "metrics": dict,
+}
+MAIN_METRICS = ("test/bleu", "test/acc")  # the paper's metric, where a run has it
+METHOD_ORDER = ("magnitude", "random", "variational_dropout", "l0")
+DENSE = "dense"
+CSV_FIELDS = (
+    "run", "method", "model", "data", "init", "seed", "target_sparsity", "sparsity", "steps",
+    "seconds", "parameters",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run: where it is and its results.json."""
+
+    path: Path  # folder of the run, relative to the sweep folder
+    results: dict[str, Any]
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        r = self.results
+        return (r["model"], str(r.get("data", "")), str(r.get("init", "standard")))
+
+    @property
+    def method(self) -> str:
+        return self.results["method"]
+
+    @property
+    def dense(self) -> bool:
+        return self.method == DENSE
+
+    @property
+    def target_percent(self) -> float:
+        return round(100.0 * float(self.results["target_sparsity"]), 2)
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """A results.json's content; raises ValueError saying why it cannot be used."""
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable: {error}") from None
+    if not isinstance(results, dict):
+        raise ValueError("unreadable: not a JSON object")
+    missing = [k for k in REQUIRED if k not in results]
+    if missing:
+        raise ValueError(f"older format: missing {', '.join(missing)}")
+    wrong = [k for k, t in REQUIRED.items() if not isinstance(results[k], t)]
+    if wrong:
+        raise ValueError(f"older format: wrong type of {', '.join(wrong)}")
+    return results
+
+
+def collect(folder: Path, progress: bool = True) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Every readable run below ``folder``, and (path, reason) for each unreadable one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"sweep folder {folder} does not exist or is not a folder")
+    paths = sorted(folder.rglob(RESULTS_FILE))
+    if not paths:
+        raise ConfigError(f"no {RESULTS_FILE} below {folder}: is it a finished sweep's folder?")
+    runs, skipped = [], []
+    for path in tqdm(paths, desc="reading runs", unit="run", disable=not progress):
+        try:
+            runs.append(Run(path.parent.relative_to(folder), read_run(path)))
+        except ValueError as error:
+            skipped.append((path.relative_to(folder), str(error)))
+    return runs, skipped
+
+
+def main_metric(runs: Sequence[Run], requested: str | None = None) -> str:
+    """``requested`` if any run has it, else the paper's metric, else the first one seen."""
+    names = sorted({k for run in runs for k in run.results["metrics"]})
+    if requested is not None:
+        if requested not in names:
+            raise ConfigError(f"--metric {requested} is in no run; runs have {', '.join(names)}")
+        return requested
+    for name in MAIN_METRICS:
+        if name in names:
+            return name
+    if not names:
+        raise ConfigError("no run has any metric")
+    return names[0]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_cell(values: Sequence[float], scale: float) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std([v * scale for v in values])
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def display_scale(metric: str) -> float:
+    """Accuracies are shown in % as in the paper; other metrics as stored."""
+    return 100.0 if metric.rsplit("/", 1)[-1].startswith("acc") else 1.0
+
+
+def methods_of(runs: Iterable[Run]) -> list[str]:
+    names = {run.method for run in runs if not run.dense}
+    ordered = [m for m in METHOD_ORDER if m in names]
+    return ordered + sorted(names - set(ordered))
+
+
+def by_group(runs: Sequence[Run]) -> dict[tuple[str, str, str], list[Run]]:
+    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.group].append(run)
+    return dict(sorted(groups.items()))
+
+
+# -- tables ----------------------------------------------------------------------------------
+def write_csv(runs: Sequence[Run], path: Path) -> None:
+    metrics = sorted({k for run in runs for k in run.results["metrics"]})
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*CSV_FIELDS, *metrics])
+        for run in sorted(runs, key=lambda r: str(r.path)):
+            row = {**run.results, "run": str(run.path)}
+            writer.writerow(
+                [row.get(k, "") for k in CSV_FIELDS]
+                + [run.results["metrics"].get(m, "") for m in metrics]
+            )
+
+
+def markdown(runs: Sequence[Run], metric: str, skipped: Sequence[tuple[Path, str]]) -> str:
+    """The paper's table layout, one table per model/data/init."""
+    scale = display_scale(metric)
+    unit = f"{metric} (%)" if scale == 100.0 else metric
+    lines = ["# Sweep results", ""]
+    for (model, data, init), group in by_group(runs).items():
+        lines += [f"## {model} on {data}, init {init}: {unit}, mean ± std over seeds", ""]
+        dense = [r.results["metrics"][metric] for r in group if r.dense and _has(r, metric)]
+        if dense:
+            lines += [f"dense: {format_cell(dense, scale)} ({len(dense)} runs)", ""]
+        methods = methods_of(group)
+        if methods:
+            cells: dict[tuple[float, str], list[float]] = defaultdict(list)
+            for run in group:
+                if not run.dense and _has(run, metric):
+                    cells[(run.target_percent, run.method)].append(run.results["metrics"][metric])
+            rows = sorted({t for t, _ in cells})
+            lines += ["| sparsity | " + " | ".join(methods) + " |"]
+            lines += ["|---" * (len(methods) + 1) + "|"]
+            for target in rows:
+                row = [format_cell(cells.get((target, m), []), scale) for m in methods]
+                lines += [f"| {target:g} | " + " | ".join(row) + " |"]
+            lines += [""]
+    if skipped:
+        lines += [f"## Skipped runs ({len(skipped)})", ""]
+        lines += [f"- `{path}`: {reason}" for path, reason in skipped] + [""]
+    return "\n".join(lines)
+
+
+def _has(run: Run, metric: str) -> bool:
+    return metric in run.results["metrics"]
+
+
+# -- figures ---------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tradeoff(runs: Sequence[Run], metric: str, path: Path) -> list[str]:
+    """Metric vs achieved sparsity (mean +- std over seeds), one line per method; the paper's
+    numbers dashed for paper models; the dense baseline as a dotted horizontal line.
+    Returns the legend labels drawn."""
+    plt = _pyplot()
+    scale = display_scale(metric)
+    labels: list[str] = []
+    groups = by_group(runs)
+    tables = paper_results.load()
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    colours = _colours(plt, runs)
+    for ax, ((model, data, init), group) in zip(axes[0], groups.items()):
+        for method in methods_of(group):
+            points: dict[float, list[Run]] = defaultdict(list)
+            for run in group:
+                if run.method == method and _has(run, metric):
+                    points[run.target_percent].append(run)
+            xs, ys, errs = [], [], []
+            for _, cell in sorted(points.items()):
+                xs.append(100 * statistics.fmean(r.results["sparsity"] for r in cell))
+                mean, std = mean_std([scale * r.results["metrics"][metric] for r in cell])
+                ys.append(mean)
+                errs.append(std)
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=colours[method],
+                        label=method)  # fmt: skip
+        dense = [r.results["metrics"][metric] for r in group if r.dense and _has(r, metric)]
+        if dense:
+            ax.axhline(scale * statistics.fmean(dense), color="grey", linestyle=":", label="dense")
+        table = paper_results.table_for(model, tables)
+        if table is not None and table.metric == metric:
+            for column, values in table.values.items():
+                method = paper_results.METHODS.get(column, column)
+                xs = sorted(values)
+                ys = [values[x] * table.scale * scale for x in xs]
+                ax.plot(xs, ys, linestyle="--", marker="x", color=colours.get(method), alpha=0.7,
+                        label=f"paper: {column}")  # fmt: skip
+        ax.set_title(f"{model} on {data} ({init})")
+        ax.set_xlabel("achieved sparsity (%)")
+        ax.set_ylabel(f"{metric} (%)" if scale == 100.0 else metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        labels += ax.get_legend_handles_labels()[1]
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return labels
+
+
+def plot_layers(runs: Sequence[Run], path: Path) -> None:
+    """Per-layer sparsity per method (mean over seeds), one panel per model and target."""
+    plt = _pyplot()
+    panels: dict[tuple[str, float], list[Run]] = defaultdict(list)
+    for run in runs:
+        if not run.dense and run.results["layer_sparsity"]:
+            panels[(run.results["model"], run.target_percent)].append(run)
+    panels = dict(sorted(panels.items()))
+    colours = _colours(plt, runs)
+    fig, axes = plt.subplots(
+        max(len(panels), 1), 1, figsize=(9, 2.6 * max(len(panels), 1)), squeeze=False
+    )
+    for ax, ((model, target), panel) in zip(axes[:, 0], panels.items()):
+        layers = list(dict.fromkeys(k for r in panel for k in r.results["layer_sparsity"]))
+        methods = methods_of(panel)
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            cell = [r.results["layer_sparsity"] for r in panel if r.method == method]
+            heights = [100 * statistics.fmean(ls.get(n, 0.0) for ls in cell) for n in layers]
+            ax.bar([j + i * width for j in range(len(layers))], heights, width,
+                   color=colours[method], label=method)  # fmt: skip
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))])
+        ax.set_xticklabels(layers, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("sparsity (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{model}, target {target:g} %", fontsize=9)
+        ax.legend(fontsize=7, ncol=len(methods))
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no pruned runs", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _colours(plt: Any, runs: Iterable[Run]) -> dict[str, Any]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = [*METHOD_ORDER, *sorted({r.method for r in runs} - set(METHOD_ORDER))]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
+# -- entry point -----------------------------------------------------------------------------
+def report(
+    folder: Path, out: Path | None = None, metric: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Write the four outputs; returns their paths, the runs and the skipped runs."""
+    runs, skipped = collect(folder, progress=progress)
+    if not runs:
+        reasons = "; ".join(f"{p}: {why}" for p, why in skipped[:3])
+        raise ConfigError(
+            f"none of the {len(skipped)} results.json below {folder} is usable ({reasons})"
+        )
+    metric = main_metric(runs, metric)
+    out = Path(out or folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        name: out / name for name in ("results.csv", "results.md", "tradeoff.png", "layers.png")
+    }
+    steps = [
+        ("results.csv", lambda: write_csv(runs, paths["results.csv"])),
+        ("results.md", lambda: paths["results.md"].write_text(markdown(runs, metric, skipped))),
+        ("tradeoff.png", lambda: plot_tradeoff(runs, metric, paths["tradeoff.png"])),
+        ("layers.png", lambda: plot_layers(runs, paths["layers.png"])),
+    ]
+    for _, write in tqdm(steps, desc="writing report", unit="file", disable=not progress):
+        write()
+    return {"paths": paths, "runs": runs, "skipped": skipped, "metric": metric}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script `sparse-report`."""
+    parser = argparse.ArgumentParser(prog="sparse-report", description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path, help="a sweep folder, e.g. multirun/<date>/<time>")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: folder)")
+    parser.add_argument("--metric", default=None, help="metric key (default: test/bleu, test/acc)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        result = report(args.folder, args.out, args.metric, progress=not args.no_progress)
+    except ConfigError as error:
+        print(f"sparse-report: error: {error}", file=sys.stderr)
+        return 2
+    for path, reason in result["skipped"]:
+        print(f"sparse-report: skipped {path}: {reason}", file=sys.stderr)
+    names = ", ".join(str(p) for p in result["paths"].values())
+    print(f"{len(result['runs'])} runs ({result['metric']}) -> {names}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
