@@ -141,7 +141,7 @@ def laptop_overrides(root: Path) -> list[str]:
         "data.pin_memory=false",
         "train_examples=40",
         "trainer.max_steps=40",
-        "trainer.val_check_interval=20",
+        "trainer.val_check_interval=40",
         "logger=none",
     ]
 
