@@ -241,3 +241,47 @@ def test_preset_option_keeps_the_embedding_dense(corpus: Path) -> None:
     method = instantiate(cfg.method)
     names = method.attach(tiny_model()).names
     assert "model.shared.weight" not in names and len(names) == 2 * 6 + 2 * 10
+
+
+def test_prepare_wmt_writes_the_layout_from_local_archives(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from sparse_lightning.prepare_wmt import ARCHIVES, SPLITS, main
+
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    members: dict[str, dict[str, str]] = {name: {} for name in ARCHIVES}
+    for split, corpora in SPLITS.items():
+        for k, (name, en_member, de_member) in enumerate(corpora):
+            en = [f"{split} {k} sentence {i} &amp; more" for i in range(3)]
+            de = [f"{split} {k} Satz {i} &amp; mehr" for i in range(3)]
+            if split == "train":
+                en[1] = "  "  # an empty side: dropped
+            if en_member.endswith(".sgm"):
+                en = [f'<seg id="{i + 1}">{s}</seg>' for i, s in enumerate(en)]
+                de = [f'<seg id="{i + 1}">{s}</seg>' for i, s in enumerate(de)]
+            members[name][en_member] = (
+                "\n".join(["<doc>", *en]) if "sgm" in en_member else "\n".join(en)
+            )
+            members[name][de_member] = (
+                "\n".join(["<doc>", *de]) if "sgm" in de_member else "\n".join(de)
+            )
+    for name, files in members.items():
+        with tarfile.open(archives / name, "w:gz") as tar:
+            for member, text in files.items():
+                data = (text + "\n").encode()
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "wmt14"
+    main([str(out), "--archives", str(archives)])
+    train_en = (out / "train.en").read_text().splitlines()
+    assert len(train_en) == 6 == len((out / "train.de").read_text().splitlines())
+    assert train_en[0] == "train 0 sentence 0 &amp; more"  # plain text is kept as written
+    assert (out / "valid.de").read_text().splitlines()[2] == "valid 0 Satz 2 &amp; mehr"
+    assert (out / "test.en").read_text().splitlines() == [
+        f"test 0 sentence {i} & more" for i in range(3)
+    ]  # SGML entities are decoded
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "other"), "--archives", str(tmp_path)])
