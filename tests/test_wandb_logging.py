@@ -1,0 +1,141 @@
+"""`logger=wandb` offline: a two-run sweep, read back from W&B's own run files (.wandb)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from wandb.proto import wandb_internal_pb2
+
+from tests.conftest import TINY
+
+BLOCK = 32768  # W&B's .wandb file: a LevelDB-style log of wandb_internal_pb2.Record messages
+HEADER = 7  # file header ":W&B" + magic (2) + version (1); chunk header crc (4) + len (2) + type
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """Every record of a .wandb file (wandb 0.31 ships no Python reader for it any more)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    records, pending, pos = [], b"", HEADER
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        chunk = data[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 0:  # zero padding at the end of a block
+            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
+            continue
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def key(item) -> str:
+    """Keys with a "/" are stored split, in nested_key."""
+    return item.key or "/".join(item.nested_key)
+
+
+def keys(items) -> set[str]:
+    return {key(item) for item in items}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("wandb") / "sweep"
+    overrides = [o for o in TINY if not o.startswith("logger")]
+    cmd = [sys.executable, "-m", "sparse_lightning.train", "-m", f"hydra.sweep.dir={sweep_dir}"]
+    cmd += ["logger=wandb", "method=magnitude", "sparsity=50,90", "trainer.log_every_n_steps=10"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)
+    result = subprocess.run(
+        [*cmd, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        stdin=subprocess.DEVNULL,  # must never prompt for a key
+        cwd=sweep_dir.parent,
+    )
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return sweep_dir
+
+
+def test_each_run_of_a_sweep_is_its_own_offline_wandb_run(sweep: Path) -> None:
+    runs = sorted(sweep.glob("*/results.json"))
+    assert len(runs) == 2
+    for results_file in runs:
+        run_dir = results_file.parent
+        (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+        records = read_records(run_file)
+        kinds = {r.WhichOneof("record_type") for r in records}
+        assert {"run", "history", "summary", "exit"} <= kinds
+
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.run_group == str(sweep)  # group = the sweep
+        assert run.display_name == run_dir.name  # name = the overrides, as the folder
+        sparsity = run_dir.name.split("sparsity=")[1].split(",")[0]
+        assert set(run.tags) == {
+            "method=magnitude",
+            "model=cnn1d",
+            f"sparsity={sparsity}",
+            "init=standard",
+        }
+        config = {key(item): json.loads(item.value_json) for item in run.config.update}
+        assert config["method"]["target_sparsity"] == int(sparsity) / 100  # resolved
+        assert config["trainer"]["max_steps"] == 40
+        assert config["model"]["_target_"].endswith("cnn1d")
+
+        history = set().union(
+            *(keys(r.history.item) for r in records if r.WhichOneof("record_type") == "history")
+        )
+        expected = {
+            "train/task_loss", "train/loss", "lr-SGD", "val/acc", "test/acc",
+            "sparsity/target", "sparsity/global", "sparsity/layer/0.weight",
+        }  # fmt: skip
+        assert expected <= history
+        assert any(k.startswith("sparsity/layers/") for k in history)  # the per-layer table
+        assert any(k.startswith("sparsity/layers_chart") for k in history)  # its bar chart
+
+        summary = {}
+        for record in records:
+            if record.WhichOneof("record_type") == "summary":
+                for item in record.summary.update:
+                    summary[key(item)] = item.value_json
+        results = json.loads(results_file.read_text())
+        for name in ("method", "sparsity", "target_sparsity", "metrics", "layer_sparsity"):
+            assert json.loads(summary[name]) == results[name]
+
+
+def test_sparsity_is_logged_on_update_steps_and_every_n_steps(sweep: Path) -> None:
+    run_file = next(sweep.glob("*sparsity=90*/wandb/offline-run-*/run-*.wandb"))
+    points = {}
+    for record in read_records(run_file):
+        if record.WhichOneof("record_type") != "history":
+            continue
+        items = {key(i): json.loads(i.value_json) for i in record.history.item}
+        if "sparsity/global" in items:
+            points[items["trainer/global_step"]] = (
+                items["sparsity/target"],
+                items["sparsity/global"],
+            )
+    # max_steps 40: pruning from step 4 to 24, every step; plus every 10 steps and the end
+    assert set(points) == set(range(4, 25)) | {10, 20, 30, 40}
+    assert points[4][0] == 0.0 and points[40] == (pytest.approx(0.9), pytest.approx(0.9, 1e-3))
+    targets = [points[s][0] for s in sorted(points)]
+    assert targets == sorted(targets)  # the cubic schedule only rises
+    for target, achieved in points.values():
+        assert achieved == pytest.approx(target, abs=0.01)  # masks follow the schedule
