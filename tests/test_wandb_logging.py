@@ -1,4 +1,5 @@
-"""`logger=wandb` offline: a two-run sweep, read back from W&B's own run files (.wandb)."""
+"""`logger=wandb` offline: a two-run sweep, read back from W&B's own run files (.wandb); the
+sparsity monitor with any logger, in-process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import os
 import struct
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import Logger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from wandb.proto import wandb_internal_pb2
 
+from sparse_lightning.callbacks import MagnitudePruning
+from sparse_lightning.callbacks.sparsity_monitor import SparsityMonitor
+from sparse_lightning.modules import ClassificationModule
 from tests.conftest import TINY
 
 BLOCK = 32768  # W&B's .wandb file: a LevelDB-style log of wandb_internal_pb2.Record messages
@@ -139,3 +149,50 @@ def test_sparsity_is_logged_on_update_steps_and_every_n_steps(sweep: Path) -> No
     assert targets == sorted(targets)  # the cubic schedule only rises
     for target, achieved in points.values():
         assert achieved == pytest.approx(target, abs=0.01)  # masks follow the schedule
+
+
+class MemoryLogger(Logger):
+    """A real Lightning logger that keeps what it is given, to inspect in-process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+def test_monitor_logs_only_on_update_and_every_n_steps_with_any_logger() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    module = ClassificationModule(model, partial(torch.optim.SGD, lr=0.1), num_classes=3)
+    method = MagnitudePruning(0.8, begin_step=2, end_step=10, frequency=4)
+    data = TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+    logger = MemoryLogger()
+    trainer = pl.Trainer(
+        max_steps=16, logger=logger, callbacks=[method, SparsityMonitor(every_n_steps=5)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=100, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    points = {s: m for s, m in logger.logged if "sparsity/global" in m}
+    assert sorted(points) == [2, 5, 6, 10, 15, 16]  # updates 2, 6, 10; every 5; the end
+    masks = [m.weight_mask for m in model if isinstance(m, nn.Linear)]
+    pruned = sum(int((~mask).sum()) for mask in masks) / sum(mask.numel() for mask in masks)
+    assert points[16]["sparsity/global"] == pytest.approx(pruned)
+    assert points[16]["sparsity/target"] == pytest.approx(0.8)
+    s6 = 0.8 * (1 - (1 - (6 - 2) / (10 - 2)) ** 3)  # Zhu & Gupta at step 6
+    assert points[6]["sparsity/target"] == pytest.approx(s6)
+    assert points[6]["sparsity/global"] == pytest.approx(s6, abs=0.01)
+    assert points[16]["sparsity/layer/0.weight"] == pytest.approx(0.8, abs=0.01)

@@ -1,7 +1,8 @@
 """Sparsity over training for any logger, and the end-of-run tables, charts and summary for W&B.
 
-Logs ``sparsity/target`` (the schedule's s_t, or the method's fixed target) and
-``sparsity/global`` (pruned fraction of all prunable weights) on mask-update steps and every
+Logs ``sparsity/target`` (the schedule's s_t, or the method's fixed target),
+``sparsity/global`` (pruned fraction of all prunable weights) and, for VD / l0, the ramped
+regulariser weight ``sparsity/reg_weight``, on mask-update steps and every
 ``every_n_steps`` optimiser steps only: each point costs one host sync, never one per step.
 At the end of training it logs ``sparsity/layer/<name>`` to every logger and, for a
 ``WandbLogger``, a per-layer table and bar chart; `publish_results` puts a finished run's
@@ -34,6 +35,7 @@ class SparsityMonitor(pl.Callback):
         self.every_n_steps = int(every_n_steps)
         self.per_layer = per_layer
         self._last_logged = -1
+        self._method: SparsityCallback | None = None
 
     @staticmethod
     def find_method(trainer: pl.Trainer) -> SparsityCallback | None:
@@ -50,16 +52,19 @@ class SparsityMonitor(pl.Callback):
     def _due(self, method: SparsityCallback, step: int) -> bool:
         if step == self._last_logged:
             return False
-        schedule = getattr(method, "schedule", None)
-        is_update = schedule is not None and schedule.is_update_step(step)
-        return is_update or step % self.every_n_steps == 0
+        is_update = getattr(getattr(method, "schedule", None), "is_update_step", None)
+        return (is_update is not None and is_update(step)) or step % self.every_n_steps == 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._method = self.find_method(trainer)
+        self._last_logged = -1
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         if not trainer.loggers or not trainer.is_global_zero:
             return
-        method = self.find_method(trainer)
+        method = self._method
         step = trainer.global_step
         if method is None or method.mask_set is None or not self._due(method, step):
             return
@@ -68,6 +73,9 @@ class SparsityMonitor(pl.Callback):
             "sparsity/target": self.target_at(method, step),
             "sparsity/global": achieved(method),  # the one host sync of this step
         }
+        reg_weight = getattr(method, "current_weight", None)  # VD / l0: the ramped weight
+        if callable(reg_weight):
+            metrics["sparsity/reg_weight"] = float(reg_weight(step))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
