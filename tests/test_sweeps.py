@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -230,3 +231,12 @@ def test_new_ablation_from_a_config_folder_outside_the_repo(tmp_path: Path) -> N
         assert run["parameters"] < 20_000  # the default cnn1d has ~198k
         assert run["layer_sparsity"]["0.weight"] == pytest.approx(0.25, abs=0.02)
         assert run["layer_sparsity"]["3.weight"] == pytest.approx(run["target_sparsity"], abs=0.01)
+
+
+def test_an_unknown_launcher_names_the_available_ones() -> None:
+    with pytest.raises(MissingConfigException) as error:
+        compose_train("hydra/launcher=sge", hydra_cfg=True)
+    message = str(error.value)
+    assert "Could not find 'hydra/launcher/sge'" in message
+    for name in ("basic", "parallel", "slurm", "slurm_local", "joblib", "submitit_local"):
+        assert f"\t{name}\n" in message + "\n"
