@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from sparse_lightning.callbacks.fixed_mask import FixedMask
@@ -43,6 +43,17 @@ from sparse_lightning.outputs import INIT_FILE, MASKS_FILE, RESULTS_FILE, read_r
 log = logging.getLogger(__name__)
 
 State = dict[str, torch.Tensor]
+
+
+def without_init(override_dirname: str, item_sep: str = ",") -> str:
+    """A sweep folder name (``hydra.job.override_dirname``) less its ``init=``/``init.*=`` items
+    and quotes: the name the same run without the init overrides had (conf/experiment/
+    lottery_stage2.yaml finds its stage-1 folder with it)."""
+    items = [i for i in override_dirname.split(item_sep) if not i.startswith(("init=", "init."))]
+    return item_sep.join(items).replace("'", "")
+
+
+OmegaConf.register_new_resolver("without_init", without_init, replace=True)
 
 
 def prepare_init(cfg: DictConfig) -> InitVariant:

@@ -1,0 +1,251 @@
+"""Init variants (issue 5): fixed masks from a source run, starting weights, budgets, bad input.
+
+One stage-1 run (MP to 70 %, saving rewind.pt) and one stage-2 sweep over the four variants are
+made once per module, through the two documented experiment configs, so the stage-2 folders also
+test that ``init.mask_from`` interpolates to the stage-1 folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import nn
+
+from sparse_lightning.callbacks.rewind import load_rewind
+from sparse_lightning.errors import ConfigError
+from sparse_lightning.lottery import augmented_weight, prepare_init
+from sparse_lightning.train import CONF_DIR
+from tests.conftest import TINY, run_cli
+
+VARIANTS = ("scratch_e", "scratch_b", "lottery", "augmented")
+REWIND_STEP = 2  # lottery_stage1 saves rewind.pt after 5 % of TINY's 40 steps
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lottery")
+    run_cli(
+        root / "unused",
+        "hydra.mode=MULTIRUN",
+        "experiment=lottery_stage1",
+        "sparsity=70",
+        f"stage1_dir={root / 'stage1'}",
+        *TINY,
+    )
+    (folder,) = (root / "stage1").glob("*sparsity=70*")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stage2(stage1) -> dict[str, Path]:
+    root = stage1.parent.parent
+    run_cli(
+        root / "unused",
+        "hydra.mode=MULTIRUN",
+        "experiment=lottery_stage2",
+        f"init={','.join(VARIANTS)}",
+        "sparsity=70",
+        f"stage1_dir={stage1.parent}",
+        f"hydra.sweep.dir={root / 'stage2'}",
+        *TINY,
+    )
+    return {v: next((root / "stage2").glob(f"*init={v},*")) for v in VARIANTS}
+
+
+def load(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(run / name, map_location="cpu", weights_only=True)
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+# -- masks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_masks_are_the_sources_and_pruned_weights_stay_zero(stage1, stage2, variant):
+    run, source = stage2[variant], load(stage1, "masks.pt")
+    masks = load(run, "masks.pt")
+    assert masks.keys() == source.keys()
+    assert all(torch.equal(masks[n], source[n]) for n in source)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    start = load(run, "init.pt")
+    for name, keep in source.items():
+        assert torch.equal(state[f"model.{name}_mask"], keep)  # unchanged after training
+        assert bool((state[f"model.{name}"][~keep] == 0).all())
+        assert bool((start[name][~keep] == 0).all())
+        assert bool((state[f"model.{name}"][keep] != start[name][keep]).any())  # it trained
+    got, src = results(run), results(stage1)
+    assert got["sparsity"] == src["sparsity"] and got["masks_equal_source"] is True
+    assert got["layer_sparsity"] == src["layer_sparsity"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_results_record_the_variant_and_the_interpolated_source(stage1, stage2, variant):
+    got = results(stage2[variant])
+    assert got["init"] == variant and Path(got["mask_from"]) == stage1
+    assert got["method"] == "magnitude" and got["target_sparsity"] == 0.7
+    assert got["budget_factor"] == (2.0 if variant == "scratch_b" else 1.0)
+    assert got["rewind_step"] is None and got["source_steps"] == 40
+    assert results(stage1)["init"] == "standard" and results(stage1)["save_rewind_step"] == 2
+
+
+# -- starting weights -------------------------------------------------------------------------
+def test_lottery_starts_from_the_sources_init_bit_for_bit(stage1, stage2):
+    source_init, masks = load(stage1, "init.pt"), load(stage1, "masks.pt")
+    start = load(stage2["lottery"], "init.pt")
+    for name, tensor in source_init.items():
+        keep = masks.get(name, torch.ones_like(tensor, dtype=torch.bool))
+        assert torch.equal(start[name][keep], tensor[keep]), name
+
+
+def test_rewinding_starts_from_rewind_pt_bit_for_bit(stage1):
+    step, rewound = load_rewind(stage1 / "rewind.pt")
+    assert step == REWIND_STEP
+    cfg = compose_cfg(
+        *TINY, "init=lottery", f"init.mask_from='{stage1}'", f"init.rewind_step={REWIND_STEP}"
+    )
+    model = start_model(cfg)
+    masks, state = load(stage1, "masks.pt"), model.state_dict()
+    for name, tensor in rewound.items():
+        keep = masks.get(name, torch.ones_like(tensor, dtype=torch.bool))
+        assert torch.equal(state[name][keep], tensor[keep]), name
+        if name in masks:
+            assert bool((state[name][~keep] == 0).all())
+    assert not torch.equal(rewound["10.weight"], load(stage1, "init.pt")["10.weight"])
+
+
+def start_model(cfg) -> nn.Module:
+    """What train.py does before the first step, without a Trainer."""
+    init = prepare_init(cfg)
+    model = instantiate(cfg.model)
+    mask_set = init.fixed_mask_callback().attach(model)
+    init.set_weights(model, mask_set, lambda: instantiate(cfg.model))
+    return model
+
+
+@pytest.mark.parametrize("variant", ["scratch_e", "scratch_b", "augmented"])
+def test_fresh_variants_differ_from_the_source_init(stage1, stage2, variant):
+    source_init, start = load(stage1, "init.pt"), load(stage2[variant], "init.pt")
+    for name, keep in load(stage1, "masks.pt").items():
+        differ = (start[name][keep] != source_init[name][keep]).float().mean().item()
+        assert differ > 0.99, (name, differ)
+    assert results(stage2[variant])["init_seed"] != results(stage1)["seed"]
+
+
+def test_steps_and_lr_schedule_scale_with_the_budget(stage2):
+    for variant, steps in [("scratch_e", 40), ("scratch_b", 80), ("lottery", 40)]:
+        ckpt = torch.load(stage2[variant] / "checkpoints" / "last.ckpt", weights_only=False)
+        assert results(stage2[variant])["steps"] == steps == ckpt["global_step"]
+        assert ckpt["lr_schedulers"][0]["T_max"] == steps  # cosine reaches 0 at the new end
+        assert ckpt["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_budget_factor_rewrites_max_steps_before_anything_is_built(stage1):
+    cfg = compose_cfg(
+        *TINY, "init=scratch_b", f"init.mask_from='{stage1}'", "init.budget_factor=1.5"
+    )
+    prepare_init(cfg)
+    assert cfg.trainer.max_steps == 60 and cfg.task.lr_scheduler.T_max == 60
+
+
+# -- augmented init ---------------------------------------------------------------------------
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_augmented_std_matches_the_formula(kind, sparsity):
+    torch.manual_seed(0)
+    if kind == "conv":  # He normal, fan-out: std = sqrt(2 / ((1 - s) * k^2 * C_out))
+        module = nn.Conv2d(64, 128, 3)
+        expected = math.sqrt(2 / ((1 - sparsity) * 9 * 128))
+        kurtosis = 3.0
+    else:  # sparse Glorot: limit = sqrt(6 / ((1 - s) * (fan_in + fan_out))), std = limit / sqrt(3)
+        module = nn.Linear(600, 300)
+        expected = math.sqrt(6 / ((1 - sparsity) * 900)) / math.sqrt(3)
+        kurtosis = 1.8
+    mask = torch.rand(module.weight.shape) >= sparsity
+    weight = augmented_weight(module, "weight", mask, torch.Generator().manual_seed(1))
+    kept = weight[mask].double()
+    assert bool((weight[~mask] == 0).all())
+    # standard error of a sample std: sigma * sqrt((kurtosis - 1) / (4 n))
+    se = expected * math.sqrt((kurtosis - 1) / (4 * kept.numel()))
+    assert abs(kept.std().item() - expected) < 4 * se
+    assert abs(kept.mean().item()) < 4 * expected / math.sqrt(kept.numel())
+
+
+def test_augmented_refuses_a_layer_it_has_no_rule_for():
+    norm = nn.LayerNorm(8)
+    with pytest.raises(ConfigError, match="LayerNorm"):
+        augmented_weight(norm, "weight", torch.ones(8, dtype=torch.bool), torch.Generator())
+
+
+# -- bad input --------------------------------------------------------------------------------
+def test_bad_source_fails_before_training_with_one_line(stage1, tmp_path):
+    cases = {
+        "missing": (["init=lottery"], "init.mask_from"),
+        "different model": (
+            ["init=scratch_e", f"init.mask_from='{stage1}'", "model.channels=[16,32,32]"],
+            "'0.weight' has shape (32, 1, 5)",
+        ),
+    }
+    for name, (overrides, needle) in cases.items():
+        run_dir = tmp_path / name.replace(" ", "_")
+        result = run_cli(run_dir, *TINY, *overrides, check=False)
+        assert result.returncode == 2, name
+        lines = [line for line in result.stderr.splitlines() if needle in line]
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert not (run_dir / "init.pt").exists() and not (run_dir / "results.json").exists()
+
+
+def copy_without(stage1: Path, tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(stage1, copy)
+    (copy / name).unlink()
+    return copy
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["init=scratch_e", "init.mask_from=/no/such/run"], "init.mask_from=/no/such/run does not"),
+        (["init=augmented", "init.mask_from='{tmp}'"], "is not a finished sparse-train run folder"),
+        (["init=scratch_b", "init.mask_from='{src}'", "init.budget_factor=0"], "budget_factor=0"),
+        (["init=scratch_b", "init.mask_from='{src}'", "init.budget_factor=-1"], "budget_factor=-1"),
+        (
+            ["init=lottery", "init.mask_from='{src}'", "init.rewind_step=5"],
+            "saved rewind.pt at step 2; use init.rewind_step=2 or re-run it: sparse-train",
+        ),
+        (["init.save_rewind_step=41"], "init.save_rewind_step=41 is not a training step"),
+    ],
+)
+def test_bad_init_values_are_named(stage1, tmp_path, overrides, needle):
+    overrides = [o.format(src=stage1, tmp=tmp_path) for o in overrides]
+    with pytest.raises(ConfigError) as error:
+        prepare_init(compose_cfg(*TINY, *overrides))
+    assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_lottery_without_init_pt_says_which_run_to_rerun(stage1, tmp_path):
+    copy = copy_without(stage1, tmp_path, "init.pt")
+    cfg = compose_cfg(*TINY, "init=lottery", f"init.mask_from='{copy}'")
+    with pytest.raises(
+        ConfigError, match=f"has no init.pt; re-run the source run: sparse-train .*{copy}"
+    ):
+        prepare_init(cfg)
+
+
+def test_rewinding_without_rewind_pt_says_how_to_rerun(stage1, tmp_path):
+    copy = copy_without(stage1, tmp_path, "rewind.pt")
+    cfg = compose_cfg(*TINY, "init=lottery", f"init.mask_from='{copy}'", "init.rewind_step=3")
+    with pytest.raises(ConfigError, match="has no rewind.pt; re-run it: .*init.save_rewind_step=3"):
+        prepare_init(cfg)
