@@ -20,7 +20,7 @@ from torch import nn
 
 from sparse_lightning.callbacks.rewind import load_rewind
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.lottery import augmented_weight, prepare_init
+from sparse_lightning.lottery import augmented_weight, check_same_model, prepare_init
 from sparse_lightning.train import CONF_DIR
 from tests.conftest import TINY, run_cli
 
@@ -190,21 +190,25 @@ def test_augmented_refuses_a_layer_it_has_no_rule_for():
 
 
 # -- bad input --------------------------------------------------------------------------------
-def test_bad_source_fails_before_training_with_one_line(stage1, tmp_path):
-    cases = {
-        "missing": (["init=lottery"], "init.mask_from"),
-        "different model": (
-            ["init=scratch_e", f"init.mask_from='{stage1}'", "model.channels=[16,32,32]"],
-            "'0.weight' has shape (32, 1, 5)",
-        ),
-    }
-    for name, (overrides, needle) in cases.items():
-        run_dir = tmp_path / name.replace(" ", "_")
-        result = run_cli(run_dir, *TINY, *overrides, check=False)
-        assert result.returncode == 2, name
-        lines = [line for line in result.stderr.splitlines() if needle in line]
-        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert not (run_dir / "init.pt").exists() and not (run_dir / "results.json").exists()
+def test_a_different_model_fails_before_training_with_one_line(stage1, tmp_path):
+    overrides = ["init=scratch_e", f"init.mask_from='{stage1}'", "model.channels=[16,32,32]"]
+    result = run_cli(tmp_path, *TINY, *overrides, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "different model" in line]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "'0.weight' has shape (32, 1, 5) there and (16, 1, 5) here" in lines[0]
+    assert not (tmp_path / "init.pt").exists() and not (tmp_path / "results.json").exists()
+
+
+def test_a_model_differing_outside_the_masks_is_named():
+    model = nn.Sequential(nn.Linear(4, 3))
+    weight = torch.zeros(3, 4)
+    with pytest.raises(ConfigError, match=r"'0.bias' has shape \(5,\) there and \(3,\) here"):
+        check_same_model(model, {"0.weight": weight, "0.bias": torch.zeros(5)}, "src")
+    with pytest.raises(ConfigError, match="this model's '0.bias' is not in it"):
+        check_same_model(model, {"0.weight": weight}, "src")
+    with pytest.raises(ConfigError, match="its '1.weight' is not in this model"):
+        check_same_model(model, {"0.weight": weight, "1.weight": weight}, "src")
 
 
 def copy_without(stage1: Path, tmp_path: Path, name: str) -> Path:
@@ -217,6 +221,7 @@ def copy_without(stage1: Path, tmp_path: Path, name: str) -> Path:
 @pytest.mark.parametrize(
     "overrides, needle",
     [
+        (["init=lottery"], "init=lottery needs init.mask_from=<folder of an earlier"),
         (["init=scratch_e", "init.mask_from=/no/such/run"], "init.mask_from=/no/such/run does not"),
         (["init=augmented", "init.mask_from='{tmp}'"], "is not a finished sparse-train run folder"),
         (["init=scratch_b", "init.mask_from='{src}'", "init.budget_factor=0"], "budget_factor=0"),
