@@ -265,7 +265,11 @@ class ScratchInit(RetrainMask):
 
 class LotteryInit(RetrainMask):
     """The source's own starting weights (``init.pt``), or its weights after step
-    ``rewind_step`` (``rewind.pt``), bit for bit on the kept entries."""
+    ``rewind_step`` (``rewind.pt``), bit for bit on the kept entries.
+
+    Training then runs the source's full number of steps on a fresh LR schedule in both cases
+    (open_lth's rewinding trains only the remaining T - k steps from step k's schedule).
+    """
 
     def __init__(
         self, variant: str, mask_from: str | None = None, rewind_step: int | None = None
