@@ -267,7 +267,7 @@ def plot_layers(runs: Sequence[Run], path: Path) -> None:
     panels = dict(sorted(panels.items()))
     colours = _colours(plt, runs)
     fig, axes = plt.subplots(
-        max(len(panels), 1), 1, figsize=(9, 2.6 * max(len(panels), 1)), squeeze=False
+        max(len(panels), 1), 1, figsize=(10, 2.6 * max(len(panels), 1)), squeeze=False
     )
     for ax, ((model, target), panel) in zip(axes[:, 0], panels.items()):
         layers = list(dict.fromkeys(k for r in panel for k in r.results["layer_sparsity"]))
@@ -283,7 +283,7 @@ def plot_layers(runs: Sequence[Run], path: Path) -> None:
         ax.set_ylabel("sparsity (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"{model}, target {target:g} %", fontsize=9)
-        ax.legend(fontsize=7, ncol=len(methods))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if not panels:
         axes[0, 0].text(0.5, 0.5, "no pruned runs", ha="center", va="center")
     fig.tight_layout()
