@@ -73,6 +73,8 @@ def test_report_writes_the_papers_table_csv_and_figures(sweep: Path) -> None:
     assert "| 50 | 76.00 ± 2.83 | 70.00 |" in table
     assert f"| 90 | {expected} | 40.00 |" in table
     assert "dense: 81.00 ± 1.41 (2 runs)" in table
+    achieved = table.split("Achieved sparsity (%)")[1]
+    assert "| 90 | 89.10 ± 0.00 | 89.10 |" in achieved  # 100 * 0.9 * 0.99
 
     for name in ("tradeoff.png", "layers.png"):
         image = matplotlib.image.imread(sweep / name)
