@@ -54,7 +54,7 @@ def targets(node: Any) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(("group", "option"), options(), ids="/".join)
+@pytest.mark.parametrize(("group", "option"), options(), ids=[f"{g}/{o}" for g, o in options()])
 def test_every_config_composes_and_its_targets_import(group: str, option: str) -> None:
     choice = f"'{option}'" if option.replace(".", "").isdigit() else option
     cfg = compose_train(f"{group}={choice}", hydra_cfg=True)
