@@ -19,10 +19,23 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 from sparse_lightning.callbacks.base import SparsityCallback
+from sparse_lightning.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from sparse_lightning.callbacks.rng_state import RngStateCheckpoint
+from sparse_lightning.callbacks.sparsity_monitor import publish_results
+from sparse_lightning.checkpoint_io import AtomicCheckpointIO
 from sparse_lightning.errors import ConfigError
+from sparse_lightning.launch import check_launcher
 from sparse_lightning.lottery import prepare_init
 from sparse_lightning.masks import strip_masks
-from sparse_lightning.outputs import INIT_FILE, MASKS_FILE, RESULTS_FILE, save_torch, write_json
+from sparse_lightning.outputs import (
+    INIT_FILE,
+    MASKS_FILE,
+    RESULTS_FILE,
+    read_results,
+    save_torch,
+    write_json,
+)
+from sparse_lightning.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, plan_run, record_run
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -79,9 +92,15 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One run; returns the results that were written to ``results.json``."""
+    check_launcher(cfg)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
+    overrides = list(hydra_cfg.overrides.task)
+    plan = plan_run(run_dir, overrides, cfg.get("resume", "auto"), cfg.get("skip_finished", True))
+    if plan.finished:
+        print(f"sparse-train: {run_dir} already finished (skip_finished=false runs it again)")
+        return read_results(run_dir)
 
     init = prepare_init(cfg)  # checks init.mask_from first; scratch-b rescales trainer.max_steps
     method: SparsityCallback = init.fixed_mask_callback() or build(cfg, "method")
@@ -96,15 +115,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     mask_set = method.attach(model)
     init.set_weights(model, mask_set, lambda: build(cfg, "model"))
     save_init(run_dir, model)
+    rank_zero_only(record_run)(run_dir, overrides)
 
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[method, *build_callbacks(cfg, bool(logger)), *init.callbacks(run_dir)],
+        callbacks=[
+            method,
+            FiniteLossGuard(method.describe),
+            RngStateCheckpoint(),
+            *build_callbacks(cfg, bool(logger)),
+            *init.callbacks(run_dir),
+        ],
         logger=logger,
+        plugins=[AtomicCheckpointIO()],
     )
     started = time.time()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint)
+    # The final state, whatever the checkpoint interval: export and resume read it.
+    trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
     results = {
@@ -120,10 +149,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "steps": trainer.global_step,
         "seconds": time.time() - started,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "overrides": list(hydra_cfg.overrides.task),
+        "overrides": overrides,
+        "resumed_from_step": plan.resumed_from_step,
         **init.results(mask_set),
     }
     write_outputs(run_dir, results, mask_set.masks())
+    publish_results(logger, results)
     print_summary(run_dir, results)
     return results
 
@@ -160,6 +191,9 @@ def _run(cfg: DictConfig) -> None:
     except ConfigError as error:
         print(f"sparse-train: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteLossError as error:
+        print(f"sparse-train: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_run)

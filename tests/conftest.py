@@ -26,7 +26,9 @@ TINY = [
 def run_cli(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `sparse-train` as a user would, in its own process, into ``run_dir``."""
     cmd = [sys.executable, "-m", "sparse_lightning.train", f"hydra.run.dir={run_dir}", *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # One thread per run: tests share 2 cores, and oversubscribed OpenMP threads spin.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -75,6 +75,12 @@ class SparsityCallback(pl.Callback):
         ]
         log.info("%s prunes %d weight tensors:\n%s", self.method_name, len(names), "\n".join(lines))
 
+    def describe(self) -> str:
+        """The method's state in a few words, for error messages."""
+        if self.mask_set is None:
+            return self.method_name
+        return f"{self.method_name} at sparsity {self.mask_set.sparsity():.4f}"
+
     def check_budget(self, max_steps: int) -> None:
         """Raise ConfigError if the schedule cannot finish within ``max_steps`` optimiser steps."""
 

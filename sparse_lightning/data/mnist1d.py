@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from sparse_lightning.data.sampling import StepIndexedBatchSampler
 from sparse_lightning.errors import ConfigError
 
 
@@ -13,7 +14,9 @@ class MNIST1DDataModule(pl.LightningDataModule):
     """The procedurally generated MNIST-1D split into train / val / test.
 
     The test split is mnist1d's own; ``val_size`` examples are held out of its training split.
-    ``seed`` fixes the generated data (independent of the run seed, which sets the init).
+    ``seed`` fixes the generated data (independent of the run seed, which sets the init);
+    ``shuffle_seed`` fixes the order of training batches, a function of the step so that a
+    resumed single-device run sees exactly the batches of an uninterrupted one.
     """
 
     def __init__(
@@ -23,6 +26,7 @@ class MNIST1DDataModule(pl.LightningDataModule):
         train_split: float = 0.8,
         val_size: int = 500,
         seed: int = 42,
+        shuffle_seed: int = 0,
         num_workers: int = 0,
         num_classes: int = 10,
     ) -> None:
@@ -42,6 +46,7 @@ class MNIST1DDataModule(pl.LightningDataModule):
         self.train_split = train_split
         self.val_size = val_size
         self.seed = seed
+        self.shuffle_seed = shuffle_seed
         self.num_workers = num_workers
         self.num_classes = num_classes
 
@@ -73,7 +78,21 @@ class MNIST1DDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        trainer = self.trainer
+        if trainer is None or trainer.max_steps <= 0 or trainer.world_size > 1:
+            return self._loader(self.train_set, shuffle=True)  # DDP: Lightning shards it
+        accumulate = trainer.accumulate_grad_batches
+        sampler = StepIndexedBatchSampler(
+            len(self.train_set),
+            self.batch_size,
+            seed=self.shuffle_seed,
+            total_steps=trainer.max_steps * accumulate,
+            current_step=self._batches_consumed,
+        )
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers)
+
+    def _batches_consumed(self) -> int:
+        return self.trainer.global_step * self.trainer.accumulate_grad_batches
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -1,0 +1,53 @@
+"""Stop a run whose loss turned NaN or inf, naming the step, before a bad checkpoint is saved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss stopped being finite."""
+
+
+class FiniteLossGuard(pl.Callback):
+    """Remembers the first step whose loss is not finite, without a host sync per step.
+
+    The flag is a device tensor updated in place; it is read (one sync) only when a checkpoint
+    is about to be written and at the end of training, so the last checkpoint on disk is always
+    one taken before the loss went bad. ``describe`` gives the method's state for the message.
+    """
+
+    def __init__(self, describe: Any = None) -> None:
+        self.describe = describe
+        self._first_bad_step: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad_now = ~torch.isfinite(loss.detach()) & (self._first_bad_step < 0)
+        self._first_bad_step.masked_fill_(bad_now, trainer.global_step)
+
+    def check(self) -> None:
+        if self._first_bad_step is None:
+            return
+        step = int(self._first_bad_step)
+        if step >= 0:
+            state = f"; {self.describe()}" if callable(self.describe) else ""
+            raise NonFiniteLossError(
+                f"the training loss became NaN or inf at step {step}{state}; "
+                "the last checkpoint before it is kept"
+            )
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.check()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check()
