@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from sparse_lightning.layers.reparameterise import optimizer_groups
 from sparse_lightning.masks import add_missing_mask_buffers
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -56,7 +57,7 @@ class SparseTaskModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(optimizer_groups(self))  # VD/l0 params: no decay
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

@@ -1,0 +1,139 @@
+"""Cost of variational dropout and l0 training relative to dense training, on the CPU.
+
+torchvision resnet18 (10 classes), batch 16, 64x64 inputs, SGD (momentum 0.9, weight decay):
+one training step = forward, task loss + regulariser, backward, optimiser step. Every prunable
+weight (all convs and the FC) is reparameterised, as ``method=variational_dropout|l0`` does.
+
+Time: the three steps run interleaved in one process (dense, VD, l0, dense, ...) on two threads,
+so load from other processes hits all three alike; the ratios are of medians.
+
+Peak memory: each variant runs in a fresh subprocess that resets the kernel's peak-RSS counter
+(``/proc/self/clear_refs``), records its RSS after imports and data, then builds the model and
+takes three steps; the figure is peak RSS (``VmHWM``) minus that baseline, i.e. parameters,
+gradients, optimiser state, activations and temporaries. A fresh process per variant keeps one
+variant's allocator cache from hiding another's peak; torch has no CPU allocator statistics.
+
+Prints ``name: value`` lines; ``main()`` is what ``bench/masking.py`` calls.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sparse_lightning.layers import L0_CLASSES, VD_CLASSES, optimizer_groups, reparameterise
+from sparse_lightning.masks import default_prunable_names
+
+KINDS = ("dense", "vd", "l0")
+BATCH, SIZE, CLASSES = 16, 64, 10
+WARMUP, ROUNDS = 3, 15
+REG_WEIGHT = 1e-6
+
+
+def build(kind: str) -> tuple[nn.Module, torch.optim.Optimizer]:
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=CLASSES)
+    for name in default_prunable_names(model) if kind != "dense" else []:
+        if kind == "vd":
+            reparameterise(model, name, VD_CLASSES, log_sigma2_init=-10.0, threshold=3.0)
+        else:
+            reparameterise(model, name, L0_CLASSES)
+    optimizer = torch.optim.SGD(
+        optimizer_groups(model), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4
+    )
+    return model.train(), optimizer
+
+
+def make_step(kind: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    model, optimizer = build(kind)
+    layers = [m for m in model.modules() if hasattr(m, "regulariser")]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        if layers:
+            loss = loss + REG_WEIGHT * torch.stack([m.regulariser() for m in layers]).sum()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(BATCH, 3, SIZE, SIZE, generator=g), torch.randint(0, CLASSES, (BATCH,))
+
+
+def step_times(rounds: int = ROUNDS) -> dict[str, float]:
+    """Median seconds per training step of each kind, measured interleaved."""
+    x, y = data()
+    steps = {kind: make_step(kind, x, y) for kind in KINDS}
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for i in range(WARMUP + rounds):
+        for kind in KINDS:
+            start = time.perf_counter()
+            steps[kind]()
+            if i >= WARMUP:
+                times[kind].append(time.perf_counter() - start)
+    return {kind: statistics.median(t) for kind, t in times.items()}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_bytes(kind: str) -> int:
+    """Run in a fresh process: peak RSS growth over building ``kind`` and three steps."""
+    x, y = data()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    baseline = _status_kib("VmRSS")
+    step = make_step(kind, x, y)
+    for _ in range(3):
+        step()
+    return (_status_kib("VmHWM") - baseline) * 1024
+
+
+def measure_memory(kind: str) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory", kind], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> dict[str, float]:
+    """Print and return the four ratios (VD and l0 over dense: step time, peak memory)."""
+    torch.set_num_threads(2)
+    times = step_times()
+    memory = {kind: measure_memory(kind) for kind in KINDS}
+    results = {
+        "vd_step_over_dense": times["vd"] / times["dense"],
+        "l0_step_over_dense": times["l0"] / times["dense"],
+        "vd_memory_over_dense": memory["vd"] / memory["dense"],
+        "l0_memory_over_dense": memory["l0"] / memory["dense"],
+    }
+    for name, value in results.items():
+        print(f"{name}: {value:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
+        torch.set_num_threads(2)
+        print(peak_memory_bytes(sys.argv[2]))
+    else:
+        main()

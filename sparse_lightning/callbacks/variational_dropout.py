@@ -1,0 +1,235 @@
+"""Sparse variational dropout (Molchanov et al. 2017) as a callback, and the base it shares with
+l0: methods whose sparsity is the outcome of a ramped regulariser on reparameterised layers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from sparse_lightning.callbacks.base import SparsityCallback
+from sparse_lightning.errors import ConfigError
+from sparse_lightning.layers import variational_dropout as vd_math
+from sparse_lightning.layers.reparameterise import VD_CLASSES, reparameterise
+
+RAMPS = ("linear", "cubic")
+
+
+def ramp_fraction(step: int, begin_step: int, end_step: int, ramp: str) -> float:
+    """Fraction of the final regulariser weight after ``step`` optimiser steps: 0 up to
+    ``begin_step``, 1 from ``end_step``; in between p = (step - begin) / (end - begin) ("linear")
+    or 1 - (1 - p)^3 ("cubic", the Zhu & Gupta 2017 curve of the pruning schedule)."""
+    if step <= begin_step:
+        return 0.0 if step < end_step else 1.0
+    if step >= end_step:
+        return 1.0
+    p = (step - begin_step) / (end_step - begin_step)
+    return p if ramp == "linear" else 1.0 - (1.0 - p) ** 3
+
+
+def _finite_number(name: str, value: Any, minimum: float | None = None) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        allowed = f"a finite number >= {minimum:g}" if minimum is not None else "a finite number"
+        raise ConfigError(f"{name}={value} is not allowed; it must be {allowed}")
+    return number
+
+
+class RegularisedSparsity(SparsityCallback):
+    """Base of VD and l0: swaps the selected layers for reparameterised ones in ``setup`` (before
+    the optimiser is built and a checkpoint restored), registers ``weight(t) * regulariser`` as a
+    loss term with the weight ramped on ``trainer.global_step``, and at the end of training turns
+    the evaluation rule into masks on plain weights (pruned entries zero), so ``mask_set``,
+    masks.pt, results.json and checkpoints read the same as for magnitude pruning.
+
+    A non-finite training loss stops the run (checked every ``log_every_n_steps`` steps and before
+    every checkpoint, so no checkpoint is written after it) with the step and the layers' state.
+    """
+
+    layer_classes: Mapping[type[nn.Module], type[nn.Module]] = {}
+    loss_name = "regulariser"
+    weight_name = "weight"
+
+    def __init__(
+        self,
+        weight: float,
+        begin_step: int,
+        end_step: int,
+        ramp: str = "linear",
+        grad_scale: float = 1.0,
+        target_sparsity: float = 0.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        first_layer_dense: bool = False,
+        last_layer_dense: bool = False,
+    ) -> None:
+        super().__init__(target_sparsity, include, exclude, first_layer_dense, last_layer_dense)
+        self.grad_scale = _finite_number("grad_scale", grad_scale, minimum=0.0)
+        self.reg_weight = _finite_number(self.weight_name, weight, minimum=0.0)
+        self.begin_step = int(_finite_number("begin_step", begin_step, minimum=0.0))
+        self.end_step = int(_finite_number("end_step", end_step, minimum=0.0))
+        if self.begin_step > self.end_step:
+            raise ConfigError(
+                f"begin_step={self.begin_step} must not be after end_step={self.end_step}"
+            )
+        if ramp not in RAMPS:
+            raise ConfigError(f"ramp='{ramp}' is not one of {', '.join(RAMPS)}")
+        self.ramp = ramp
+        self.layers: list[nn.Module] = []
+        self._trainer: pl.Trainer | None = None
+        self._finite: torch.Tensor | None = None
+
+    # -- what subclasses give ----------------------------------------------------------------
+    def layer_init(self) -> dict[str, Any]:
+        """Keyword arguments of the layers' ``reparameterise_``."""
+        return {"grad_scale": self.grad_scale}
+
+    def describe_state(self) -> str:
+        """The reparameterisation's ranges, for the divergence message."""
+        raise NotImplementedError
+
+    # -- schedule ----------------------------------------------------------------------------
+    def check_budget(self, max_steps: int) -> None:
+        if max_steps is not None and 0 < max_steps < self.end_step:
+            raise ConfigError(
+                f"end_step={self.end_step} is after the last training step "
+                f"(trainer.max_steps={max_steps}); the {self.weight_name} would never be reached"
+            )
+
+    def current_weight(self, step: int) -> float:
+        return self.reg_weight * ramp_fraction(step, self.begin_step, self.end_step, self.ramp)
+
+    def loss(self) -> torch.Tensor:
+        """weight(t) * sum of the layers' regularisers (computed by their training forward)."""
+        step = self._trainer.global_step if self._trainer is not None else 0
+        weight = self.current_weight(step)
+        terms = [layer.regulariser() for layer in self.layers]
+        if weight == 0.0:
+            return terms[0].new_zeros(())
+        return weight * torch.stack(terms).sum()
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        assert self.mask_set is not None
+        self._trainer = trainer
+        init = self.layer_init()
+        self.layers = [
+            reparameterise(pl_module.model, name, self.layer_classes, **init)
+            for name in self.mask_set.names
+        ]
+        pl_module.add_loss_term(self.loss_name, self.loss)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Masks stay full during training (the evaluation rule becomes masks at the end), so the
+        per-step masking hook is registered only when training continues a finalised run."""
+        assert self.mask_set is not None
+        self.mask_set.refresh()
+        if self.mask_set.sparsity() > 0.0:
+            super().on_train_start(trainer, pl_module)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            finite = torch.isfinite(loss.detach())
+            self._finite = finite if self._finite is None else self._finite & finite
+        step = trainer.global_step
+        if step % max(trainer.log_every_n_steps, 1) == 0:
+            self.check_finite(step)
+        if 0 < trainer.max_steps <= step:
+            self.finalise()  # before this step's checkpoint is written
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.check_finite(trainer.global_step)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check_finite(trainer.global_step)
+        self.finalise()
+        super().on_train_end(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Logs ``val/sparsity``: the fraction of weights the evaluation rule prunes now."""
+        kept = torch.stack([layer.eval_keep().sum() for layer in self.layers]).sum()
+        total = sum(layer.weight.numel() for layer in self.layers)
+        pl_module.log("val/sparsity", 1.0 - kept.float() / total)
+
+    # -- outcome -----------------------------------------------------------------------------
+    def check_finite(self, step: int) -> None:
+        """Stop the run if the training loss was NaN/inf at any step since the last check."""
+        if self._finite is not None and not bool(self._finite):
+            raise FloatingPointError(
+                f"{self.method_name}: the training loss became NaN or inf at or before step "
+                f"{step} (regulariser weight {self.current_weight(step):.3g}); "
+                f"{self.describe_state()}. The last checkpoint before it is kept."
+            )
+
+    @torch.no_grad()
+    def finalise(self) -> None:
+        """Masks := the evaluation rule; pruned weights zeroed (and l0 gates folded). Idempotent."""
+        assert self.mask_set is not None
+        keep = {name: layer.fold_() for name, layer in zip(self.mask_set.names, self.layers)}
+        self.mask_set.set_masks(keep)
+
+    def _range(self, attr: str) -> str:
+        values = [getattr(layer, attr).detach() for layer in self.layers]
+        low = torch.stack([v.min() for v in values]).min()
+        high = torch.stack([v.max() for v in values]).max()
+        return f"{attr} in [{float(low):.3g}, {float(high):.3g}]"
+
+
+class VariationalDropout(RegularisedSparsity):
+    """Sparse variational dropout: loss = task + kl_weight(t) * sum KL; pruned where log_alpha >=
+    threshold. Sparsity is the outcome of ``kl_weight`` and ``threshold``."""
+
+    method_name = "variational_dropout"
+    layer_classes = VD_CLASSES
+    loss_name = "kl"
+    weight_name = "kl_weight"
+
+    def __init__(
+        self,
+        kl_weight: float,
+        begin_step: int,
+        end_step: int,
+        threshold: float = vd_math.THRESHOLD,
+        log_sigma2_init: float = vd_math.LOG_SIGMA2_INIT,
+        ramp: str = "linear",
+        grad_scale: float = 1.0,
+        target_sparsity: float = 0.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        first_layer_dense: bool = False,
+        last_layer_dense: bool = False,
+    ) -> None:
+        super().__init__(
+            kl_weight,
+            begin_step,
+            end_step,
+            ramp,
+            grad_scale,
+            target_sparsity,
+            include,
+            exclude,
+            first_layer_dense,
+            last_layer_dense,
+        )
+        self.threshold = _finite_number("threshold", threshold)
+        self.log_sigma2_init = _finite_number("log_sigma2_init", log_sigma2_init)
+
+    def layer_init(self) -> dict[str, Any]:
+        init = super().layer_init()
+        return {**init, "log_sigma2_init": self.log_sigma2_init, "threshold": self.threshold}
+
+    def describe_state(self) -> str:
+        return f"{self._range('log_sigma2')}, {self._range('weight')}"

@@ -1,0 +1,111 @@
+"""l0 regularisation with hard concrete gates: the math (Louizos, Welling, Kingma 2018,
+"Learning Sparse Neural Networks through L0 Regularization", arXiv:1712.01312), as used by
+Gale et al. (2019) and their reference TensorFlow code (google-research state_of_sparsity,
+``layers/l0_regularization``).
+
+Each weight theta has a gate z in [0, 1] with a learned location log_alpha:
+
+    u ~ U(0, 1),  s = sigmoid((log u - log(1 - u) + log_alpha) / BETA),
+    z = clip(s * (ZETA - GAMMA) + GAMMA, 0, 1),    weight = theta * z          (training)
+    z = clip(sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)                (evaluation)
+    E[||z||_0] = sum sigmoid(log_alpha - BETA * log(-GAMMA / ZETA))            (penalty)
+
+The stretch to (GAMMA, ZETA) followed by the clip puts finite probability mass on exactly 0 and
+exactly 1. A weight is pruned where the evaluation gate is 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BETA = 2.0 / 3.0  # temperature of the concrete distribution
+GAMMA = -0.1  # lower end of the stretch interval
+ZETA = 1.1  # upper end of the stretch interval
+LOG_ALPHA_INIT_MEAN = math.log(0.9 / 0.1)  # 2.197: keep probability ~0.9 at initialisation
+LOG_ALPHA_INIT_STD = 0.01
+UNIFORM_EPS = 1e-6  # u is drawn from [UNIFORM_EPS, 1 - UNIFORM_EPS] so that logit(u) is finite
+PENALTY_SHIFT = BETA * math.log(-GAMMA / ZETA)
+# Gate locations whose evaluation gate is exactly 1 / exactly 0 (|log_alpha| > log(11) suffices);
+# used when a trained layer is folded into plain weights (see ``fold``).
+LOG_ALPHA_ON = 10.0
+LOG_ALPHA_OFF = -10.0
+
+
+def stretch(s: torch.Tensor) -> torch.Tensor:
+    """Hard concrete: clip(s * (ZETA - GAMMA) + GAMMA, 0, 1)."""
+    return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+def sample_gate(log_alpha: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+    """A training gate per entry: z = clip(sigmoid((logit(u) + log_alpha) / BETA) * (ZETA - GAMMA)
+    + GAMMA, 0, 1), u ~ U(UNIFORM_EPS, 1 - UNIFORM_EPS) unless given."""
+    if u is None:
+        u = torch.empty_like(log_alpha).uniform_(UNIFORM_EPS, 1.0 - UNIFORM_EPS)
+    return stretch(torch.sigmoid((torch.logit(u) + log_alpha) / BETA))
+
+
+def eval_gate(log_alpha: torch.Tensor) -> torch.Tensor:
+    """Deterministic gate: clip(sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)."""
+    return stretch(torch.sigmoid(log_alpha))
+
+
+def expected_l0(log_alpha: torch.Tensor) -> torch.Tensor:
+    """Expected number of non-zero gates: sum sigmoid(log_alpha - BETA * log(-GAMMA / ZETA))."""
+    return torch.sigmoid(log_alpha - PENALTY_SHIFT).sum()
+
+
+def init_log_alpha(like: torch.Tensor) -> torch.Tensor:
+    """log_alpha ~ N(LOG_ALPHA_INIT_MEAN, LOG_ALPHA_INIT_STD), as in the reference code."""
+    return torch.empty_like(like).normal_(LOG_ALPHA_INIT_MEAN, LOG_ALPHA_INIT_STD)
+
+
+class _HardConcreteWeight(torch.autograd.Function):
+    """theta * z for one sampled gate per entry, and the expected-l0 penalty, in one pass over the
+    weight tensor with the noise drawn into a reused buffer (same values and gradients as
+    ``theta * sample_gate(log_alpha, u)`` and ``expected_l0``, which autograd would run as ~15
+    kernels with a temporary each). With s the concrete sample, z = clip(s (ZETA - GAMMA) + GAMMA,
+    0, 1) and p = sigmoid(log_alpha - BETA log(-GAMMA / ZETA)):
+        d/d theta = g z,
+        d/d log_alpha = g theta (ZETA - GAMMA) / BETA * s (1 - s) * [0 < z < 1] + g_pen p (1 - p).
+    """
+
+    @staticmethod
+    def forward(ctx, theta, log_alpha, noise):  # type: ignore[override]
+        s = noise.logit_().add_(log_alpha).mul_(1.0 / BETA).sigmoid_()  # in the noise buffer
+        z = torch.mul(s, ZETA - GAMMA).add_(GAMMA).clamp_(0.0, 1.0)
+        p = torch.sub(log_alpha, PENALTY_SHIFT).sigmoid_()
+        ctx.save_for_backward(theta, s, z, p)
+        return theta * z, p.sum()
+
+    @staticmethod
+    def backward(ctx, grad_weight, grad_penalty):  # type: ignore[override]
+        theta, s, z, p = ctx.saved_tensors
+        grad_theta = grad_log_alpha = None
+        if grad_weight is not None:
+            grad_theta = grad_weight * z
+            grad_log_alpha = torch.mul(grad_weight, theta)
+            torch.ops.aten.sigmoid_backward.grad_input(grad_log_alpha, s, grad_input=grad_log_alpha)
+            torch.ops.aten.hardtanh_backward.grad_input(
+                grad_log_alpha, z, 0.0, 1.0, grad_input=grad_log_alpha
+            )
+            grad_log_alpha.mul_((ZETA - GAMMA) / BETA)
+        if grad_penalty is not None:
+            from_penalty = torch.ops.aten.sigmoid_backward(grad_penalty.expand_as(p), p)
+            grad_log_alpha = (
+                from_penalty if grad_log_alpha is None else grad_log_alpha.add_(from_penalty)
+            )
+        return grad_theta, grad_log_alpha, None
+
+
+def gated_weight_and_penalty(
+    theta: torch.Tensor, log_alpha: torch.Tensor, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(theta * sampled gate, expected l0), fused (see ``_HardConcreteWeight``). ``noise`` is a
+    buffer of log_alpha's shape that is overwritten (fresh U(UNIFORM_EPS, 1 - UNIFORM_EPS) draws
+    go into it); a new one is made if None."""
+    if noise is None:
+        noise = torch.empty_like(log_alpha)
+    noise.uniform_(UNIFORM_EPS, 1.0 - UNIFORM_EPS)
+    return _HardConcreteWeight.apply(theta, log_alpha, noise)
