@@ -76,12 +76,27 @@ class InitVariant:
     """``standard``: the model's own initialisation and the configured method.
 
     ``save_rewind_step=k`` makes the run save its weights after step k as ``rewind.pt``, for a
-    later ``init=lottery init.rewind_step=k``.
+    later ``init=lottery init.rewind_step=k``. ``weights_from`` starts from a sparse model
+    instead (a Lightning checkpoint or an exported ``model.pt``): fine-tuning, or another method
+    from a pruned model; ``keep_mask=true`` makes its zeros the starting masks.
     """
 
-    def __init__(self, variant: str = "standard", save_rewind_step: int | None = None) -> None:
+    def __init__(
+        self,
+        variant: str = "standard",
+        save_rewind_step: int | None = None,
+        weights_from: str | None = None,
+        keep_mask: bool = False,
+    ) -> None:
         self.variant = variant
         self.save_rewind_step = None if save_rewind_step is None else int(save_rewind_step)
+        self.weights_from = None if weights_from is None else to_absolute_path(str(weights_from))
+        self.keep_mask = bool(keep_mask)
+        if self.keep_mask and self.weights_from is None:
+            raise ConfigError(
+                "init.keep_mask=true needs init.weights_from=<checkpoint or model.pt>"
+            )
+        self.start_state: State | None = None
 
     def prepare(self, cfg: DictConfig) -> None:
         """Validate against the rest of the config; may change the step budget."""
@@ -91,6 +106,8 @@ class InitVariant:
                 f"init.save_rewind_step={k} is not a training step: allowed 1..{max_steps} "
                 f"(trainer.max_steps)"
             )
+        if self.weights_from is not None:
+            self.start_state = load_model_state(Path(self.weights_from))
 
     def fixed_mask_callback(self) -> FixedMask | None:
         """The callback that replaces the configured method, or None to keep the method."""
@@ -100,6 +117,12 @@ class InitVariant:
         self, model: nn.Module, mask_set: MaskSet, build_model: Callable[[], nn.Module]
     ) -> None:
         """Set the starting weights after the masks are attached (standard: leave them)."""
+        if self.start_state is None:
+            return
+        check_same_model(model, self.start_state, f"init.weights_from={self.weights_from}")
+        load_weights(model, self.start_state)
+        if self.keep_mask:
+            mask_set.set_masks({n: self.start_state[n] != 0 for n in mask_set.names})
 
     def callbacks(self, run_dir: Path) -> list[pl.Callback]:
         return (
@@ -116,7 +139,27 @@ class InitVariant:
             "budget_factor": None,
             "rewind_step": None,
             "save_rewind_step": self.save_rewind_step,
+            "weights_from": self.weights_from,
+            "keep_mask": self.keep_mask,
         }
+
+
+def load_model_state(path: Path) -> State:
+    """Plain model weights from a Lightning checkpoint (``model.`` prefix) or a ``model.pt``."""
+    if not path.is_file():
+        raise ConfigError(f"init.weights_from={path} is not a file (a .ckpt or model.pt)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ConfigError(f"init.weights_from={path} is unreadable ({error})") from None
+    if isinstance(loaded, dict) and "state_dict" in loaded:  # a Lightning checkpoint
+        prefix = "model."
+        loaded = {
+            k[len(prefix) :]: v for k, v in loaded["state_dict"].items() if k.startswith(prefix)
+        }
+    if not isinstance(loaded, dict) or not loaded:
+        raise ConfigError(f"init.weights_from={path} holds no model weights")
+    return strip_masks(loaded)
 
 
 class SourceRun:

@@ -59,3 +59,25 @@ def test_export_of_a_folder_that_is_not_a_run_is_one_clear_line(tmp_path):
     )
     assert result.returncode == 2 and "is not a finished run folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("source", ["model.pt", "checkpoints/last.ckpt"])
+def test_a_new_run_starts_from_a_sparse_model_keeping_its_zeros_as_masks(
+    exported, tmp_path, source
+):
+    run_dir, _ = exported
+    run_cli(
+        tmp_path,
+        *TINY,
+        "method=dense",
+        f"init.weights_from={run_dir / source}",
+        "init.keep_mask=true",
+    )
+    start = torch.load(tmp_path / "init.pt")
+    exported_state = torch.load(run_dir / "model.pt")
+    assert all(torch.equal(start[k], exported_state[k]) for k in exported_state)
+    source_masks = torch.load(run_dir / "masks.pt")
+    masks = torch.load(tmp_path / "masks.pt")
+    assert all(torch.equal(masks[n], source_masks[n]) for n in masks)  # kept, fine-tuned
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(bool((state[f"model.{n}"][~m] == 0).all()) for n, m in masks.items())

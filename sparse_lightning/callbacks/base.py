@@ -128,4 +128,6 @@ class DenseBaseline(SparsityCallback):
         super().__init__(target_sparsity=0.0, **selection)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Nothing is ever masked, so no per-step work is registered."""
+        """No per-step work unless masks were given (``init.keep_mask``): then they hold."""
+        if self.mask_set is not None and self.mask_set.sparsity() > 0:
+            super().on_train_start(trainer, pl_module)

@@ -1,4 +1,5 @@
-"""Stop a run whose loss turned NaN or inf, naming the step, before a bad checkpoint is saved."""
+"""Stop a run whose loss or weights turned NaN or inf, naming the step, before a bad
+checkpoint is saved."""
 
 from __future__ import annotations
 
@@ -46,8 +47,18 @@ class FiniteLossGuard(pl.Callback):
                 "the last checkpoint before it is kept"
             )
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, *args: Any) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Refuse to write a checkpoint after a bad loss, or whose weights already blew up."""
         self.check()
+        finite = torch.stack([p.detach().isfinite().all() for p in pl_module.parameters()])
+        if not bool(finite.all()):
+            state = f"; {self.describe()}" if callable(self.describe) else ""
+            raise NonFiniteLossError(
+                f"the weights became NaN or inf by step {trainer.global_step}{state}; "
+                "the last checkpoint before it is kept"
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check()
