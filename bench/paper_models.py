@@ -1,12 +1,13 @@
 """What MP masking costs per training step of the paper's two models, on CPU.
 
-    python bench/paper_models.py [--repeats 5]
+    python bench/paper_models.py [--repeats 6] [--threads 2]
 
 ResNet-50 (batch 4 at 224x224, SGD Nesterov, label smoothing 0.1) and Transformer base
 (d 512, 6+6 layers, 32k shared vocabulary; 8 pairs of 24 tokens, Adam), each trained for one
 step at a time, dense and MP-masked (90 %, every conv/linear/embedding weight, masks applied by
 the optimiser step hook exactly as ``SparsityCallback`` registers it) interleaved A B B A in one
-process on 2 threads. The two variants share one model, so the arithmetic is identical and the
+process on 2 threads (``--threads``; on a machine busy with other work 2-thread OpenMP stalls,
+use 1 there). The two variants share one model, so the arithmetic is identical and the
 ratio is the masking overhead. Prints ``name: value`` lines (seconds are medians).
 """
 
@@ -93,8 +94,9 @@ def ratio(name: str, case: tuple, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=6, help="timed steps per variant")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ratio("resnet50", resnet50_case(batch=4), args.repeats)
     ratio("transformer_base", transformer_base_case(pairs=8, length=24), args.repeats)
