@@ -296,3 +296,37 @@ def test_fused_variance_and_kl_match_autograd_of_the_formulas():
         grads.append((sigma2.detach(), kl.detach(), t.grad, ls2.grad))
     for fused, reference in zip(*grads):
         torch.testing.assert_close(fused, reference)
+
+
+class _PoisonAt(pl.Callback):
+    """Makes the loss NaN from a given step on, by writing NaN into one weight."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, *args):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model[4].weight[0, 0] = float("nan")
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_the_method_state():
+    from sparse_lightning.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+
+    pl.seed_everything(0)
+    method = VariationalDropout(kl_weight=1e-3, begin_step=0, end_step=10)
+    module = ClassificationModule(
+        tiny_model(), lambda p: torch.optim.SGD(p, lr=0.05), num_classes=4
+    )
+    trainer = pl.Trainer(
+        max_steps=12,
+        callbacks=[method, FiniteLossGuard(method.describe), _PoisonAt(7)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"step 8; variational_dropout with kl_weight"):
+        trainer.fit(module, loader())
+    assert "not finite)" in method.describe()  # the state says what blew up

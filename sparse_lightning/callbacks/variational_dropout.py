@@ -49,8 +49,8 @@ class RegularisedSparsity(SparsityCallback):
     the evaluation rule into masks on plain weights (pruned entries zero), so ``mask_set``,
     masks.pt, results.json and checkpoints read the same as for magnitude pruning.
 
-    A non-finite training loss stops the run (checked every ``log_every_n_steps`` steps and before
-    every checkpoint, so no checkpoint is written after it) with the step and the layers' state.
+    ``describe()`` gives the regulariser weight and the log_sigma2 / log_alpha ranges for the
+    message with which a non-finite loss stops the run (train.py's ``FiniteLossGuard``).
     """
 
     layer_classes: Mapping[type[nn.Module], type[nn.Module]] = {}
@@ -84,7 +84,6 @@ class RegularisedSparsity(SparsityCallback):
         self.ramp = ramp
         self.layers: list[nn.Module] = []
         self._trainer: pl.Trainer | None = None
-        self._finite: torch.Tensor | None = None
 
     # -- what subclasses give ----------------------------------------------------------------
     def layer_init(self) -> dict[str, Any]:
@@ -136,25 +135,12 @@ class RegularisedSparsity(SparsityCallback):
             super().on_train_start(trainer, pl_module)
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if isinstance(loss, torch.Tensor):
-            finite = torch.isfinite(loss.detach())
-            self._finite = finite if self._finite is None else self._finite & finite
-        step = trainer.global_step
-        if step % max(trainer.log_every_n_steps, 1) == 0:
-            self.check_finite(step)
-        if 0 < trainer.max_steps <= step:
+        if 0 < trainer.max_steps <= trainer.global_step:
             self.finalise()  # before this step's checkpoint is written
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        self.check_finite(trainer.global_step)
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.check_finite(trainer.global_step)
         self.finalise()
         super().on_train_end(trainer, pl_module)
 
@@ -165,14 +151,15 @@ class RegularisedSparsity(SparsityCallback):
         pl_module.log("val/sparsity", 1.0 - kept.float() / total)
 
     # -- outcome -----------------------------------------------------------------------------
-    def check_finite(self, step: int) -> None:
-        """Stop the run if the training loss was NaN/inf at any step since the last check."""
-        if self._finite is not None and not bool(self._finite):
-            raise FloatingPointError(
-                f"{self.method_name}: the training loss became NaN or inf at or before step "
-                f"{step} (regulariser weight {self.current_weight(step):.3g}); "
-                f"{self.describe_state()}. The last checkpoint before it is kept."
-            )
+    def describe(self) -> str:
+        """For the non-finite-loss message (train.py's FiniteLossGuard): weight and ranges."""
+        if not self.layers:
+            return self.method_name
+        step = self._trainer.global_step if self._trainer is not None else 0
+        return (
+            f"{self.method_name} with {self.weight_name} {self.current_weight(step):.3g}, "
+            f"{self.describe_state()}"
+        )
 
     @torch.no_grad()
     def finalise(self) -> None:
@@ -182,10 +169,17 @@ class RegularisedSparsity(SparsityCallback):
         self.mask_set.set_masks(keep)
 
     def _range(self, attr: str) -> str:
-        values = [getattr(layer, attr).detach() for layer in self.layers]
-        low = torch.stack([v.min() for v in values]).min()
-        high = torch.stack([v.max() for v in values]).max()
-        return f"{attr} in [{float(low):.3g}, {float(high):.3g}]"
+        """Range of the finite entries of ``attr`` over all layers, and how many are not finite."""
+        values = torch.cat([getattr(layer, attr).detach().reshape(-1) for layer in self.layers])
+        finite = torch.isfinite(values)
+        bad = int((~finite).sum())
+        kept = values[finite]
+        text = (
+            f"{attr} in [{float(kept.min()):.3g}, {float(kept.max()):.3g}]"
+            if kept.numel()
+            else attr
+        )
+        return text + (f" ({bad} not finite)" if bad else "")
 
 
 class VariationalDropout(RegularisedSparsity):
