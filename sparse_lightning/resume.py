@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.outputs import MASKS_FILE, RESULTS_FILE, write_json
@@ -94,3 +97,16 @@ def _move_aside(run_dir: Path) -> None:
     for name in (RESULTS_FILE, MASKS_FILE, CHECKPOINT_DIR):
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(target / name))
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback: refuse another run's folder before Hydra writes its ``.hydra/`` files
+    into it, so a refused run changes nothing there (single runs; sweep folders are named by
+    their overrides)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            _check_same_run(Path(config.hydra.run.dir), list(config.hydra.overrides.task))
+        except ConfigError as error:
+            print(f"sparse-train: error: {error}", file=sys.stderr)
+            sys.exit(2)
