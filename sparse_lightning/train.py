@@ -25,6 +25,7 @@ from sparse_lightning.callbacks.sparsity_monitor import publish_results
 from sparse_lightning.checkpoint_io import AtomicCheckpointIO
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.launch import check_launcher
+from sparse_lightning.layers import strip_reparameterisation as plain_parameters
 from sparse_lightning.lottery import prepare_init
 from sparse_lightning.masks import strip_masks
 from sparse_lightning.outputs import (
@@ -148,7 +149,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "metrics": {k: float(v) for k, v in metrics.items()},
         "steps": trainer.global_step,
         "seconds": time.time() - started,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(
+            p.numel() for p in plain_parameters(dict(model.named_parameters())).values()
+        ),
         "overrides": overrides,
         "resumed_from_step": plan.resumed_from_step,
         **init.results(mask_set),
