@@ -41,9 +41,14 @@ from sparse_lightning.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, plan_run, r
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-OmegaConf.register_new_resolver(
-    "fraction_of", lambda total, fraction: int(round(float(total) * float(fraction))), replace=True
-)
+def fraction_of(total: int, fraction: float) -> int:
+    """Step counts as fractions of the budget (`${fraction_of:${trainer.max_steps},0.6}`);
+    a positive fraction is at least one step, so short test runs keep a valid schedule."""
+    steps = int(round(float(total) * float(fraction)))
+    return max(steps, 1) if float(fraction) > 0 else steps
+
+
+OmegaConf.register_new_resolver("fraction_of", fraction_of, replace=True)
 # value * num / den, rounded when value is an int: lr and steps that follow the global batch
 OmegaConf.register_new_resolver(
     "scale",
