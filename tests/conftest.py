@@ -36,6 +36,26 @@ def run_cli(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.Co
     return result
 
 
+def run_in_process(run_dir: Path, *overrides: str) -> int:
+    """Call the console-script function `sparse_lightning.train.main` in this process (for
+    cases that stop before training: no interpreter start-up per case). Returns the exit code;
+    read the output with pytest's ``capsys``."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sparse_lightning import train
+
+    argv = sys.argv
+    sys.argv = ["sparse-train", f"hydra.run.dir={run_dir}", *overrides]
+    try:
+        train.main()
+        return 0
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)

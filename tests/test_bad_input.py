@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_in_process
 
 
 def snapshot(folder):
@@ -69,35 +69,39 @@ CASES = {
 
 @pytest.mark.parametrize("name", sorted(CASES), ids=lambda n: n.replace(" ", "_"))
 def test_bad_value_is_one_readable_line_and_nothing_earlier_changes(
-    tmp_path, earlier_run, not_a_run, name
+    tmp_path, earlier_run, not_a_run, name, capsys
 ):
     overrides, bad_value = CASES[name]
     overrides = [o.format(earlier=earlier_run, not_a_run=not_a_run) for o in overrides]
     before = snapshot(earlier_run)
     run_dir = tmp_path / "run"
     base = [o for o in TINY if not o.startswith("data.")] if "data=imagenet" in overrides else TINY
-    result = run_cli(run_dir, *base, *overrides, check=False)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert [line for line in result.stderr.splitlines() if bad_value in line], result.stderr[-2000:]
+    code = run_in_process(run_dir, *base, *overrides)
+    stderr = capsys.readouterr().err
+    assert code != 0
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if bad_value in line], stderr[-2000:]
     assert not (run_dir / "results.json").exists() and not (run_dir / "init.pt").exists()
     assert snapshot(earlier_run) == before
 
 
-def test_a_corrupt_checkpoint_is_named_and_left_alone(tmp_path):
+def test_a_corrupt_checkpoint_is_named_and_left_alone(tmp_path, capsys):
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"not a checkpoint")
-    result = run_cli(tmp_path, *TINY, check=False)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "last.ckpt is unreadable" in result.stderr
+    code = run_in_process(tmp_path, *TINY)
+    stderr = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in stderr
+    assert "last.ckpt is unreadable" in stderr
     assert checkpoint.read_bytes() == b"not a checkpoint"
 
 
 def test_a_results_json_of_another_run_is_never_overwritten(earlier_run):
+    """Through the console script in its own process: exit status and stderr as a user sees them."""
     before = snapshot(earlier_run)
     result = run_cli(earlier_run, *TINY, "sparsity=50", check=False)
-    assert result.returncode != 0 and "belongs to a run with overrides" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "belongs to a run with overrides" in result.stderr.strip().splitlines()[-1]
     assert snapshot(earlier_run) == before
 
 
