@@ -83,19 +83,20 @@ class _HardConcreteWeight(torch.autograd.Function):
     def backward(ctx, grad_weight, grad_penalty):  # type: ignore[override]
         theta, s, z, p = ctx.saved_tensors
         grad_theta = grad_log_alpha = None
+        grad_theta = from_gate = None
         if grad_weight is not None:
             grad_theta = grad_weight * z
-            grad_log_alpha = torch.mul(grad_weight, theta)
-            torch.ops.aten.sigmoid_backward.grad_input(grad_log_alpha, s, grad_input=grad_log_alpha)
+            from_gate = torch.mul(grad_weight, theta)  # then * s (1 - s) * [0 < z < 1], in place
+            torch.ops.aten.sigmoid_backward.grad_input(from_gate, s, grad_input=from_gate)
             torch.ops.aten.hardtanh_backward.grad_input(
-                grad_log_alpha, z, 0.0, 1.0, grad_input=grad_log_alpha
+                from_gate, z, 0.0, 1.0, grad_input=from_gate
             )
-            grad_log_alpha.mul_((ZETA - GAMMA) / BETA)
-        if grad_penalty is not None:
-            from_penalty = torch.ops.aten.sigmoid_backward(grad_penalty.expand_as(p), p)
-            grad_log_alpha = (
-                from_penalty if grad_log_alpha is None else grad_log_alpha.add_(from_penalty)
-            )
+        if grad_penalty is None:
+            grad_log_alpha = None if from_gate is None else from_gate.mul_((ZETA - GAMMA) / BETA)
+            return grad_theta, grad_log_alpha, None
+        grad_log_alpha = torch.ops.aten.sigmoid_backward(grad_penalty.expand_as(p), p)
+        if from_gate is not None:  # one pass: penalty part + (ZETA - GAMMA) / BETA * gate part
+            torch.add(grad_log_alpha, from_gate, alpha=(ZETA - GAMMA) / BETA, out=grad_log_alpha)
         return grad_theta, grad_log_alpha, None
 
 
