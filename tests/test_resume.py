@@ -37,7 +37,9 @@ def uninterrupted(tmp_path_factory):
 
 def kill_after_first_checkpoint(run_dir) -> None:
     cmd = [sys.executable, "-m", "sparse_lightning.train", f"hydra.run.dir={run_dir}", *RUN]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The same thread count as run_cli's runs: CPU kernels reduce in a thread-dependent order.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
