@@ -17,7 +17,7 @@ from sparse_lightning.masks import (
     select_prunable,
     strip_masks,
 )
-from sparse_lightning.pruning import global_masks, keep_top, layerwise_masks
+from sparse_lightning.pruning import global_masks, keep_top, kth_smallest, layerwise_masks
 
 
 class Net(nn.Module):
@@ -81,6 +81,19 @@ def test_keep_top_keeps_exactly_the_largest_entries_like_a_full_sort():
         expected[order[:n_keep]] = True
         assert keep.sum() == n_keep
         assert np.array_equal(keep.numpy().ravel(), expected)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.3, 0.5, 0.9, 0.999])
+def test_sampled_selection_equals_kthvalue_on_large_tensors(fraction):
+    g = torch.Generator().manual_seed(1)
+    flat = torch.randn(300_000, generator=g).abs()
+    flat[:50_000] = float("-inf")  # pruned entries
+    flat[100_000:120_000] = 0.5  # a block of ties
+    k = max(1, int(fraction * flat.numel()))
+    assert kth_smallest(flat, k) == flat.kthvalue(k).values
+    keep = keep_top(flat, flat.numel() - k)
+    assert int(keep.sum()) == min(flat.numel() - k, 250_000)  # never a pruned (-inf) entry
+    assert not keep[:50_000].any()
 
 
 def test_keep_top_is_exact_when_scores_tie():

@@ -63,7 +63,8 @@ class GradualPruning(SparsityCallback):
             )
 
     def scores(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Importance of each entry; the lowest live ones are pruned first."""
+        """Importance of each entry; the lowest live ones are pruned first. Return new tensors:
+        the ranking overwrites pruned entries in place."""
         raise NotImplementedError
 
     def on_train_batch_end(
