@@ -41,6 +41,7 @@ from sparse_lightning.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, plan_run, r
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+
 def fraction_of(total: int, fraction: float) -> int:
     """Step counts as fractions of the budget (`${fraction_of:${trainer.max_steps},0.6}`);
     a positive fraction is at least one step, so short test runs keep a valid schedule."""
