@@ -47,8 +47,10 @@ def test_masks_depend_only_on_seed_and_step_and_never_revive():
     before = method.mask_set.masks()
     method.update_masks(12)  # the same update again, e.g. on another rank or after a resume
     assert all(torch.equal(before[k], m) for k, m in method.mask_set.masks().items())
-    scores = method.scores([torch.empty(1000)])[0]
+    scores = method.scores([torch.empty(1000)], 12)[0]
     assert 0.4 < float(scores.mean()) < 0.6  # U(0, 1)
+    assert torch.equal(scores, method.scores([torch.empty(1000)], 12)[0])
+    assert not torch.equal(scores, method.scores([torch.empty(1000)], 7)[0])
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "a"])

@@ -62,9 +62,9 @@ class GradualPruning(SparsityCallback):
                 f"(trainer.max_steps={max_steps}); the target sparsity would never be reached"
             )
 
-    def scores(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Importance of each entry; the lowest live ones are pruned first. Return new tensors:
-        the ranking overwrites pruned entries in place."""
+    def scores(self, weights: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        """Importance of each entry at update ``step``; the lowest live ones are pruned first.
+        Return new tensors: the ranking overwrites pruned entries in place."""
         raise NotImplementedError
 
     def on_train_batch_end(
@@ -84,7 +84,7 @@ class GradualPruning(SparsityCallback):
         targets = [self.layer_targets[e.name] * fraction for e in entries]
         weights = [e.weight.detach() for e in entries]
         masks = [e.mask for e in entries]
-        scores = self.scores(weights)
+        scores = self.scores(weights, step)
         if self.scope == "layer":
             new = layerwise_masks(scores, masks, targets)
         else:
@@ -119,5 +119,5 @@ class MagnitudePruning(GradualPruning):
 
     method_name = "magnitude"
 
-    def scores(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    def scores(self, weights: list[torch.Tensor], step: int) -> list[torch.Tensor]:
         return [w.abs() for w in weights]

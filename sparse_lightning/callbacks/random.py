@@ -59,13 +59,8 @@ class RandomPruning(GradualPruning):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
         self.seed = seed
-        self._step = 0
 
-    def update_masks(self, step: int) -> None:
-        self._step = step
-        super().update_masks(step)
-
-    def scores(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    def scores(self, weights: list[torch.Tensor], step: int) -> list[torch.Tensor]:
         """U(0, 1) per entry, drawn on the CPU (identical on every device) for this update step."""
-        generator = update_generator(self.seed, self._step)
+        generator = update_generator(self.seed, step)
         return [torch.rand(w.shape, generator=generator).to(w.device) for w in weights]
