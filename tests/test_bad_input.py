@@ -41,7 +41,7 @@ CASES = {
     "end after the budget": (["method.end_step=1000"], "end_step=1000"),
     "exclude matching nothing": (["method.exclude=[nothing.*]"], "nothing.*"),
     "include matching nothing": (["method.include=[nothing.*]"], "nothing.*"),
-    "override matching nothing": (["method.layer_sparsity={{nope: 0.5}}"], "nope"),
+    "override matching nothing": (["+method.layer_sparsity={{nope: 0.5}}"], "pattern 'nope'"),
     "unknown scope": (["method.scope=everything"], "everything"),
     "unknown method": (["method=pruneall"], "pruneall"),
     "unknown sparsity level": (["sparsity=42"], "42"),
