@@ -9,33 +9,13 @@ import pickle
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from sparse_lightning.callbacks import MagnitudePruning
 from sparse_lightning.modules import ClassificationModule
 from sparse_lightning.schedules import PolynomialSchedule
+from tests.toy import loader, tiny_model
 
 STEPS = 30
-
-
-def tiny_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv1d(1, 8, 3, padding=1),
-        nn.BatchNorm1d(8),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(8 * 12, 16),
-        nn.ReLU(),
-        nn.Linear(16, 4),
-    )
-
-
-def loader() -> DataLoader:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 1, 12, generator=g)
-    y = (x.sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 0] > 0).long()
-    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
 
 
 OPTIMIZERS = {

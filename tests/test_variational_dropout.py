@@ -13,7 +13,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from sparse_lightning.callbacks import VariationalDropout
 from sparse_lightning.callbacks.variational_dropout import ramp_fraction
@@ -22,6 +21,7 @@ from sparse_lightning.layers import VD_CLASSES, reparameterise, strip_reparamete
 from sparse_lightning.layers import variational_dropout as vd
 from sparse_lightning.modules import ClassificationModule
 from tests.conftest import TINY, run_cli
+from tests.toy import loader, tiny_model
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. (2017), eq. 14, typed independently
 
@@ -193,25 +193,6 @@ def test_bad_input_is_a_config_error(kwargs, message):
         VariationalDropout(**args)
 
 
-def tiny_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv1d(1, 8, 3, padding=1),
-        nn.BatchNorm1d(8),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(8 * 12, 16),
-        nn.ReLU(),
-        nn.Linear(16, 4),
-    )
-
-
-def loader() -> DataLoader:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 1, 12, generator=g)
-    y = (x.sum(dim=(1, 2)) > 0).long() + 2 * (x[:, 0, 0] > 0).long()
-    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
-
-
 def fit(method: pl.Callback, steps: int = 20, ckpt_path=None, root=None):
     module = ClassificationModule(
         tiny_model(),
@@ -228,7 +209,7 @@ def fit(method: pl.Callback, steps: int = 20, ckpt_path=None, root=None):
         accelerator="cpu",
         default_root_dir=root,
     )
-    trainer.fit(module, loader(), ckpt_path=ckpt_path)
+    trainer.fit(module, loader(batch_size=32), ckpt_path=ckpt_path)
     return module, trainer
 
 
@@ -328,5 +309,5 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_method_state():
         accelerator="cpu",
     )
     with pytest.raises(NonFiniteLossError, match=r"step 8; variational_dropout with kl_weight"):
-        trainer.fit(module, loader())
+        trainer.fit(module, loader(batch_size=32))
     assert "not finite)" in method.describe()  # the state says what blew up

@@ -3,7 +3,7 @@ baseline every method must beat (Gale et al. 2019, section 3)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,36 +26,9 @@ class RandomPruning(GradualPruning):
 
     method_name = "random"
 
-    def __init__(
-        self,
-        target_sparsity: float,
-        begin_step: int,
-        end_step: int,
-        frequency: int,
-        seed: int = 0,
-        scope: str = "layer",
-        initial_sparsity: float = 0.0,
-        power: int = 3,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
-        first_layer_dense: bool = False,
-        last_layer_dense: bool = False,
-        layer_sparsity: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(
-            target_sparsity,
-            begin_step,
-            end_step,
-            frequency,
-            scope,
-            initial_sparsity,
-            power,
-            include,
-            exclude,
-            first_layer_dense,
-            last_layer_dense,
-            layer_sparsity,
-        )
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        """``seed`` (the run seed) plus every ``GradualPruning`` argument."""
+        super().__init__(*args, **kwargs)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
         self.seed = seed
