@@ -39,6 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sparse_lightning.layers import L0_CLASSES, VD_CLASSES, optimizer_groups, reparameterise
+from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.masks import default_prunable_names
 
 KINDS = ("dense", "vd", "l0")
@@ -56,8 +57,17 @@ def build(kind: str) -> tuple[nn.Module, torch.optim.Optimizer]:
             reparameterise(model, name, VD_CLASSES, log_sigma2_init=-10.0, threshold=3.0)
         else:
             reparameterise(model, name, L0_CLASSES)
+    source = NoiseSource(seed=0)  # as the VD / l0 callbacks give every layer
+    for layer in model.modules():
+        if hasattr(layer, "noise_source"):
+            layer.noise_source = source
     optimizer = torch.optim.SGD(
-        optimizer_groups(model), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4
+        optimizer_groups(model),
+        lr=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        foreach=True,
     )
     return model.train(), optimizer
 

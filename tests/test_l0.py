@@ -15,6 +15,7 @@ from torch import nn
 from sparse_lightning.callbacks import L0Regularization
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import L0_CLASSES, l0, reparameterise
+from sparse_lightning.layers.workspace import claim
 from tests.conftest import TINY, run_cli
 from tests.test_variational_dropout import fit
 
@@ -139,7 +140,8 @@ def test_fused_gate_and_penalty_match_autograd_of_the_formulas():
         t = theta.clone().requires_grad_()
         la = log_alpha.clone().requires_grad_()
         if fused:
-            weight, penalty = l0._HardConcreteWeight.apply(t, la, u.clone())
+            new, _ = claim(None, la)
+            weight, penalty = l0._HardConcreteWeight.apply(t, la, u.clone(), new, None, 1.0)
         else:
             s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + la) / BETA)
             weight = t * torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0, 1)

@@ -17,6 +17,13 @@ from sparse_lightning.masks import MaskSet, resolve_layer_targets, select_prunab
 log = logging.getLogger(__name__)
 
 
+def checked_seed(seed: Any) -> int:
+    """The run seed, or a ConfigError naming the bad value and what is allowed."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
+    return seed
+
+
 class SparsityCallback(pl.Callback):
     """Base of every method: chooses the prunable weights and keeps them masked.
 

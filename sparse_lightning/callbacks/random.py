@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparse_lightning.callbacks.base import checked_seed
 from sparse_lightning.callbacks.magnitude import GradualPruning
-from sparse_lightning.errors import ConfigError
 
 
 def update_generator(seed: int, step: int) -> torch.Generator:
@@ -29,9 +29,7 @@ class RandomPruning(GradualPruning):
     def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
         """``seed`` (the run seed) plus every ``GradualPruning`` argument."""
         super().__init__(*args, **kwargs)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
-        self.seed = seed
+        self.seed = checked_seed(seed)
 
     def scores(self, weights: list[torch.Tensor], step: int) -> list[torch.Tensor]:
         """U(0, 1) per entry, drawn on the CPU (identical on every device) for this update step."""

@@ -3,6 +3,7 @@ l0: methods whose sparsity is the outcome of a ramped regulariser on reparameter
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,10 +12,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from sparse_lightning.callbacks.base import SparsityCallback
+from sparse_lightning.callbacks.base import SparsityCallback, checked_seed
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import variational_dropout as vd_math
+from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.reparameterise import VD_CLASSES, reparameterise
+
+log = logging.getLogger(__name__)
 
 RAMPS = ("linear", "cubic")
 
@@ -69,8 +73,10 @@ class RegularisedSparsity(SparsityCallback):
         exclude: Sequence[str] = (),
         first_layer_dense: bool = False,
         last_layer_dense: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__(target_sparsity, include, exclude, first_layer_dense, last_layer_dense)
+        self.seed = checked_seed(seed)
         self.grad_scale = _finite_number("grad_scale", grad_scale, minimum=0.0)
         self.reg_weight = _finite_number(self.weight_name, weight, minimum=0.0)
         self.begin_step = int(_finite_number("begin_step", begin_step, minimum=0.0))
@@ -84,6 +90,8 @@ class RegularisedSparsity(SparsityCallback):
         self.ramp = ramp
         self.layers: list[nn.Module] = []
         self._trainer: pl.Trainer | None = None
+        self.noise: NoiseSource | None = None
+        self._saved_noise: dict[str, Any] | None = None
 
     # -- what subclasses give ----------------------------------------------------------------
     def layer_init(self) -> dict[str, Any]:
@@ -133,6 +141,21 @@ class RegularisedSparsity(SparsityCallback):
         self.mask_set.refresh()
         if self.mask_set.sparsity() > 0.0:
             super().on_train_start(trainer, pl_module)
+        self._start_noise(trainer.global_rank, self.layers[0].weight.device)
+
+    def _start_noise(self, rank: int, device: torch.device) -> None:
+        """This rank's noise streams (seeded by (seed, rank), so ranks draw independently),
+        continued from the checkpoint when resuming on the same rank and kind of device."""
+        self.noise = NoiseSource(self.seed, rank, device)
+        if self._saved_noise is not None and not self.noise.load_state_dict(self._saved_noise):
+            log.warning(
+                "the checkpoint's %s noise streams belong to another rank, seed or device; "
+                "rank %d starts fresh streams",
+                self.method_name,
+                rank,
+            )
+        for layer in self.layers:
+            layer.noise_source = self.noise
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
@@ -149,6 +172,19 @@ class RegularisedSparsity(SparsityCallback):
         kept = torch.stack([layer.eval_keep().sum() for layer in self.layers]).sum()
         total = sum(layer.weight.numel() for layer in self.layers)
         pl_module.log("val/sparsity", 1.0 - kept.float() / total)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The noise streams' states, so a resumed run draws what an uninterrupted one would."""
+        return {"noise": self.noise.state_dict()} if self.noise is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_noise = state_dict.get("noise")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["noise"] = None  # generators are process-local; re-made at train start
+        return state
 
     # -- outcome -----------------------------------------------------------------------------
     def describe(self) -> str:
@@ -205,6 +241,7 @@ class VariationalDropout(RegularisedSparsity):
         exclude: Sequence[str] = (),
         first_layer_dense: bool = False,
         last_layer_dense: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__(
             kl_weight,
@@ -217,6 +254,7 @@ class VariationalDropout(RegularisedSparsity):
             exclude,
             first_layer_dense,
             last_layer_dense,
+            seed,
         )
         self.threshold = _finite_number("threshold", threshold)
         self.log_sigma2_init = _finite_number("log_sigma2_init", log_sigma2_init)

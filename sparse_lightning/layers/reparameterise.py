@@ -22,6 +22,8 @@ from torch import nn
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import l0 as l0_math
 from sparse_lightning.layers import variational_dropout as vd_math
+from sparse_lightning.layers.noise import NoiseSource
+from sparse_lightning.layers.workspace import Workspace
 
 VD_PARAMETER = "log_sigma2"
 L0_PARAMETER = "log_alpha"
@@ -70,13 +72,30 @@ class _Reparameterised:
     """
 
     weight: nn.Parameter
-    _TRANSIENT = ("_pending_regulariser", "_noise")
+    _TRANSIENT = ("_pending_regulariser", "_workspace", "noise_source")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for key in self._TRANSIENT:
             state.pop(key, None)
         return state
+
+    @property
+    def noise_source(self) -> NoiseSource | None:
+        """Where training noise comes from (set by the VD / l0 callback); None: the global
+        generator."""
+        return self.__dict__.get("noise_source")
+
+    @noise_source.setter
+    def noise_source(self, source: NoiseSource | None) -> None:
+        self.__dict__["noise_source"] = source
+
+    def workspace(self) -> Workspace:
+        """Buffers the fused training pass reuses across steps (not pickled or copied)."""
+        found = self.__dict__.get("_workspace")
+        if found is None:
+            found = self.__dict__["_workspace"] = Workspace()
+        return found
 
     def _take_pending(self) -> torch.Tensor | None:
         return self.__dict__.pop("_pending_regulariser", None)
@@ -130,14 +149,20 @@ class VariationalDropoutLayer(_Reparameterised):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self._plain_forward(x, self.weight * self.eval_keep())
-        sigma2, kl = vd_math.variance_and_kl(self.weight, self._log_sigma2())
+        sigma2, kl = vd_math.variance_and_kl(
+            self.weight, self.log_sigma2, self.workspace(), self.grad_scale
+        )
         self._pending_regulariser = kl
         if isinstance(self, nn.Embedding):
             # A gather needs no local reparameterisation: sample the gathered rows' weights.
             mean = _embedding(self, x, self.weight)
-            return vd_math.sample_output(mean, _embedding(self, x, sigma2))
-        op = _conv_op(self) if isinstance(self, nn.modules.conv._ConvNd) else _linear_op(self)
-        return vd_math.train_output(op, x, self.weight, sigma2, self.bias)
+            variance = _embedding(self, x, sigma2)
+        else:
+            op = _conv_op(self) if isinstance(self, nn.modules.conv._ConvNd) else _linear_op(self)
+            mean, variance = vd_math.output_moments(op, x, self.weight, sigma2, self.bias)
+        source = self.noise_source
+        noise = source.normal_like(mean) if source is not None else None
+        return vd_math.sample_output(mean, variance, noise)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, variational dropout threshold={self.vd_threshold}"  # type: ignore[misc]
@@ -162,13 +187,6 @@ class L0Layer(_Reparameterised):
         """Expected number of non-zero gates: from the last training forward, else now."""
         pending = self._take_pending()
         return pending if pending is not None else l0_math.expected_l0(self._log_alpha())
-
-    def _noise_buffer(self) -> torch.Tensor:
-        noise = self.__dict__.get("_noise")
-        la = self.log_alpha
-        if noise is None or noise.shape != la.shape or noise.device != la.device:
-            noise = self.__dict__["_noise"] = torch.empty_like(la, requires_grad=False)
-        return noise
 
     def gate(self) -> torch.Tensor:
         """Evaluation gate (masked); training forwards sample theirs in ``forward``."""
@@ -198,7 +216,11 @@ class L0Layer(_Reparameterised):
         if not self.training:
             return self._plain_forward(x, self.weight * self.gate())
         weight, penalty = l0_math.gated_weight_and_penalty(
-            self.weight, self._log_alpha(), self._noise_buffer()
+            self.weight,
+            self.log_alpha,
+            source=self.noise_source,
+            workspace=self.workspace(),
+            grad_scale=self.grad_scale,
         )
         self._pending_regulariser = penalty
         return self._plain_forward(x, weight)

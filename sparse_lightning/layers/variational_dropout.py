@@ -19,9 +19,12 @@ deterministic: theta where log_alpha < threshold, zero elsewhere.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+
+from sparse_lightning.layers.workspace import Workspace, claim
 
 # Molchanov et al. (2017), eq. 14:
 #   -KL ~= K1 * sigmoid(K2 + K3 * log_alpha) - 0.5 * log1p(1 / alpha) - K1
@@ -31,6 +34,7 @@ K3 = 1.48695
 LOG_ALPHA_CLIP = 8.0  # reference code: log_alpha clipped to [-8, 8] in training
 EPSILON = 1e-8  # reference code's `common.EPSILON`: in log(theta^2 + eps) and in the sqrt
 LOG_SIGMA2_INIT = -10.0  # reference: -10 (Transformer), -15 (ResNet-50)
+LOG2_E = math.log2(math.e)  # exp(x) = exp2(x * LOG2_E)
 THRESHOLD = 3.0  # Molchanov et al.: weights with log_alpha > 3 are dropped; ResNet-50 used 0.5
 
 
@@ -64,10 +68,23 @@ def sample_output(
     mean: torch.Tensor, variance: torch.Tensor, noise: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Local reparameterisation: mean + sqrt(variance + EPSILON) * noise, noise ~ N(0, 1) per
-    output unit unless given (tests pass zeros or ones). ``variance`` is consumed (in place)."""
+    output unit unless given (tests pass zeros or ones). ``mean`` and ``variance`` are consumed
+    (computed in place: neither op that made them keeps its output for backward)."""
     if noise is None:
         noise = torch.randn_like(mean)
-    return torch.addcmul(mean, variance.add_(EPSILON).sqrt_(), noise)
+    return mean.addcmul_(variance.add_(EPSILON).sqrt_(), noise)
+
+
+def output_moments(
+    op: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    x: torch.Tensor,
+    theta: torch.Tensor,
+    sigma2: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of a linear ``op(input, weight, bias)`` (matmul or convolution) of x
+    under independent Gaussian weights: op(x, theta, b) and op(x^2, sigma^2)."""
+    return op(x, theta, bias), op(x * x, sigma2, None)
 
 
 def train_output(
@@ -78,11 +95,9 @@ def train_output(
     bias: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Training output of a linear ``op(input, weight, bias)`` (matmul or convolution) under the
-    local reparameterisation trick: op(x, theta, b) + sqrt(op(x^2, sigma^2) + eps) * N(0, 1)."""
-    mean = op(x, theta, bias)
-    variance = op(x * x, sigma2, None)
-    return sample_output(mean, variance, noise)
+    """Training output under the local reparameterisation trick:
+    op(x, theta, b) + sqrt(op(x^2, sigma^2) + eps) * N(0, 1)."""
+    return sample_output(*output_moments(op, x, theta, sigma2, bias), noise)
 
 
 def train_forward(
@@ -114,51 +129,84 @@ def eval_weight(
     return theta * keep
 
 
-def _kl_slope(log_alpha: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """d KL / d log_alpha = -(K1 * K3 * s * (1 - s) + 0.5 * sigmoid(-log_alpha)),
-    s = sigmoid(K2 + K3 * log_alpha); one fresh tensor, sigmoid(-x) taken as 1 - sigmoid(x)."""
-    slope = torch.sigmoid(log_alpha).mul_(0.5).sub_(0.5)  # -0.5 * sigmoid(-log_alpha)
-    return slope.addcmul_(s, s, value=K1 * K3).sub_(s, alpha=K1 * K3)
+def sum_log(values: torch.Tensor, group: int = 8) -> torch.Tensor:
+    """sum(log(values)) for values in [1, 1 + e^8], as the log of products of ``group`` values:
+    a product stays below 3e27 (finite in float32), and a log costs ~10 multiplications, so
+    this halves the cost of the KL's one log that only its value (not its gradient) needs."""
+    flat = values.reshape(-1)
+    whole = flat.numel() - flat.numel() % group
+    total = flat[:whole].view(-1, group).prod(dim=1).log_().sum()
+    return total + flat[whole:].log().sum() if whole < flat.numel() else total
 
 
 class _VariationalTerms(torch.autograd.Function):
-    """sigma^2 and sum KL of one weight tensor in one pass over it (same values and gradients as
-    ``clipped_sigma2`` and ``kl_sum``, which autograd would run as ~20 separate kernels and
-    temporaries). With la = clip(log_sigma2 - log t, -8, 8), t = theta^2 + EPSILON and ``inside``
-    where the clip is inactive:
-        sigma^2 = exp(la) * t;  d sigma^2 / d log_sigma2 = sigma^2 * inside,
-        d sigma^2 / d theta = sigma^2 * 2 theta / t * (1 - inside);
-        d KL / d log_sigma2 = KL'(la) * inside,  d KL / d theta = -KL'(la) * 2 theta / t * inside.
-    log1p(exp(-la)) is summed as -log(sigmoid(la)) (exact for the clipped range, and several
-    times faster than softplus on the CPU).
+    """sigma^2 and sum KL of one weight tensor (same values and gradients as ``clipped_sigma2``
+    and ``kl_sum``, which autograd would run as ~20 kernels with a temporary each, recomputing
+    the transcendentals in backward).
+
+    With t = theta^2 + EPSILON, la = clip(log_sigma2 - log t, -8, 8), alpha = exp(la),
+    inside = |la| < 8 and s = sigmoid(K2 + K3 la):
+        sigma^2 = alpha t,   KL = K1 - K1 s + 0.5 log1p(1 / alpha)
+                                = K1 - K1 s + 0.5 (log(1 + alpha) - la),
+        slope = d KL / d la = -(K1 K3 s (1 - s) + 0.5 / (1 + alpha))          (kept),
+        g_la = g_sigma2 sigma^2 + g_kl slope,   d/d log_sigma2 = g_la inside,
+        d/d theta = (g_sigma2 sigma^2 - g_la inside) 2 theta / t     (c = 2 theta / t, kept).
+    So forward runs four transcendentals (log, exp2, sigmoid, log; exp2 is ~3x exp on the CPU,
+    softplus and log1p are unvectorised) and backward four arithmetic passes writing only the two
+    gradients. -la is kept rather than la (one pass fewer); the clip is symmetric.
+    Temporaries and saved tensors come from ``new(name)`` (see ``workspace.claim``);
+    ``grad_scale`` multiplies log_sigma2's gradient (its SGD learning-rate multiplier).
     """
 
     @staticmethod
-    def forward(ctx, theta, log_sigma2):  # type: ignore[override]
-        t = torch.mul(theta, theta).add_(EPSILON)
-        la = torch.log(t)
-        torch.sub(log_sigma2, la, out=la).clamp_(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
-        sigma2 = torch.exp(la).mul_(t)
-        s = torch.mul(la, K3).add_(K2).sigmoid_()
-        log1p_exp = torch.sigmoid(la).log_().sum().neg()
-        kl = K1 * la.numel() - K1 * s.sum() + 0.5 * log1p_exp
-        ctx.save_for_backward(theta, t, la, sigma2, s)
+    def forward(ctx, theta, log_sigma2, new, workspace, grad_scale):  # type: ignore[override]
+        t = torch.mul(theta, theta, out=new("t")).add_(EPSILON)
+        neg_la = torch.log(t, out=new("neg_la")).sub_(log_sigma2)
+        neg_la.clamp_(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+        alpha = torch.mul(neg_la, -LOG2_E, out=new("alpha")).exp2_()
+        sigma2 = torch.mul(alpha, t)  # an output: fresh
+        s = torch.mul(neg_la, -K3, out=new("s")).add_(K2).sigmoid_()
+        sum_s = s.sum()
+        one_plus_alpha = alpha.add_(1.0)
+        slope = torch.ops.aten.sigmoid_backward.grad_input(
+            theta.new_tensor(-K1 * K3).expand_as(s), s, grad_input=s
+        )
+        slope.sub_(torch.reciprocal(one_plus_alpha, out=t), alpha=0.5)
+        kl = K1 * s.numel() - K1 * sum_s + 0.5 * (sum_log(one_plus_alpha) + neg_la.sum())
+        # c = 2 theta / (theta^2 + EPSILON); t's storage was reused above
+        t = torch.mul(theta, theta, out=one_plus_alpha).add_(EPSILON)
+        c = torch.div(theta, t, out=t).mul_(2.0)
+        ctx.save_for_backward(neg_la, sigma2, slope, c)
+        ctx.workspace, ctx.grad_scale = workspace, grad_scale
         return sigma2, kl
 
     @staticmethod
     def backward(ctx, grad_sigma2, grad_kl):  # type: ignore[override]
-        theta, t, la, sigma2, s = ctx.saved_tensors
-        inside = la.abs() < LOG_ALPHA_CLIP
+        neg_la, sigma2, slope, c = ctx.saved_tensors
         from_var = grad_sigma2 * sigma2 if grad_sigma2 is not None else torch.zeros_like(sigma2)
-        from_kl = _kl_slope(la, s).mul_(grad_kl)
-        grad_log_sigma2 = torch.add(from_var, from_kl).mul_(inside)
-        # d/d theta = -2 theta / t * (inside ? from_kl : -from_var)
-        grad_theta = torch.where(inside, from_kl, from_var.neg_()).mul_(theta).div_(t).mul_(-2.0)
-        return grad_theta, grad_log_sigma2
+        if grad_kl is not None:
+            grad_la = torch.addcmul(from_var, slope, grad_kl)
+        else:
+            grad_la = from_var.clone()
+        # hardtanh_backward passes the gradient where -8 < -la < 8: exactly "inside the clip"
+        grad_log_sigma2 = torch.ops.aten.hardtanh_backward.grad_input(
+            grad_la, neg_la, -LOG_ALPHA_CLIP, LOG_ALPHA_CLIP, grad_input=grad_la
+        )
+        grad_theta = from_var.sub_(grad_log_sigma2).mul_(c)
+        if ctx.grad_scale != 1.0:
+            grad_log_sigma2.mul_(ctx.grad_scale)
+        if ctx.workspace is not None:
+            ctx.workspace.release()
+        return grad_theta, grad_log_sigma2, None, None, None
 
 
 def variance_and_kl(
-    theta: torch.Tensor, log_sigma2: torch.Tensor
+    theta: torch.Tensor,
+    log_sigma2: torch.Tensor,
+    workspace: Workspace | None = None,
+    grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clipped sigma^2, sum KL) of one weight tensor, fused (see ``_VariationalTerms``)."""
-    return _VariationalTerms.apply(theta, log_sigma2)
+    """(clipped sigma^2, sum KL) of one weight tensor, fused (see ``_VariationalTerms``), with
+    log_sigma2's gradient times ``grad_scale``; temporaries reuse ``workspace`` when free."""
+    new, claimed = claim(workspace, theta)
+    return _VariationalTerms.apply(theta, log_sigma2, new, claimed, float(grad_scale))
