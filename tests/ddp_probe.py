@@ -1,11 +1,19 @@
 """A callback used by tests/test_ddp.py inside real DDP runs: after every optimiser step it
-gathers a checksum of every mask from every rank; rank 0 writes them to a JSON file."""
+gathers, from every rank, a checksum of every mask and of all parameters, and a digest of the
+method's noise-stream state (VD / l0); rank 0 writes them to a JSON file."""
 
+import hashlib
 import json
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+
+
+def checksum(tensor: torch.Tensor) -> float:
+    """Position-sensitive: a permutation of the entries changes it."""
+    flat = tensor.detach().reshape(-1).to(torch.float64)
+    return float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum())
 
 
 class MaskChecksums(pl.Callback):
@@ -15,13 +23,18 @@ class MaskChecksums(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, *args):
         method = next(c for c in trainer.callbacks if hasattr(c, "mask_set"))
-        sums = []
-        for entry in method.mask_set.entries:
-            flat = entry.mask.reshape(-1).to(torch.float64)
-            weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
-            sums.append(float((flat * weights).sum()))  # position-sensitive
+        source = getattr(method, "noise", None)
+        mine = {
+            "masks": [checksum(entry.mask) for entry in method.mask_set.entries],
+            "params": sum(checksum(p) for p in pl_module.parameters()),
+            "noise": None
+            if source is None
+            else hashlib.sha1(
+                b"".join(s.numpy().tobytes() for s in source.state_dict()["states"])
+            ).hexdigest(),
+        }
         gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, sums)
+        dist.all_gather_object(gathered, mine)
         self.rows.append({"step": trainer.global_step, "ranks": gathered})
 
     def on_train_end(self, trainer, pl_module):

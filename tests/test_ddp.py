@@ -1,4 +1,5 @@
-"""Masks are identical on every DDP rank after every update (2 CPU processes, gloo)."""
+"""Masks and parameters are identical on every DDP rank after every step (2 CPU processes, gloo);
+VD / l0 noise is drawn independently on each rank."""
 
 import json
 
@@ -7,8 +8,7 @@ import pytest
 from tests.conftest import TINY, run_cli
 
 
-@pytest.mark.parametrize("method", ["magnitude", "random"])
-def test_masks_are_identical_on_every_rank_after_every_step(tmp_path, method):
+def ddp_rows(tmp_path, method: str) -> list[dict]:
     out = tmp_path / "checksums.json"
     run_cli(
         tmp_path / "run",
@@ -20,10 +20,27 @@ def test_masks_are_identical_on_every_rank_after_every_step(tmp_path, method):
         "+callbacks.probe._target_=tests.ddp_probe.MaskChecksums",
         f"+callbacks.probe.out={out}",
     )
+    assert (tmp_path / "run" / "results.json").exists()
     rows = json.loads(out.read_text())
     assert len(rows) == 40
+    return rows
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_masks_are_identical_on_every_rank_after_every_step(tmp_path, method):
+    rows = ddp_rows(tmp_path, method)
     for row in rows:
         rank0, rank1 = row["ranks"]
-        assert rank0 == rank1, f"masks differ between ranks after step {row['step']}"
-    assert rows[0]["ranks"][0] != rows[-1]["ranks"][0]  # masks did change during the run
-    assert (tmp_path / "run" / "results.json").exists()
+        assert rank0["masks"] == rank1["masks"], f"masks differ after step {row['step']}"
+        assert rank0["params"] == rank1["params"], f"weights differ after step {row['step']}"
+    assert rows[0]["ranks"][0]["masks"] != rows[-1]["ranks"][0]["masks"]  # masks did change
+
+
+def test_l0_ranks_draw_their_own_gates_and_keep_identical_parameters(tmp_path):
+    rows = ddp_rows(tmp_path, "l0")
+    for row in rows:
+        rank0, rank1 = row["ranks"]
+        assert rank0["params"] == rank1["params"], f"parameters differ after step {row['step']}"
+        assert rank0["masks"] == rank1["masks"]
+        assert rank0["noise"] != rank1["noise"], "both ranks drew the same gate noise"
+    assert rows[0]["ranks"][0]["noise"] != rows[-1]["ranks"][0]["noise"]  # streams advanced

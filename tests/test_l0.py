@@ -17,7 +17,7 @@ from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import L0_CLASSES, l0, reparameterise
 from sparse_lightning.layers.workspace import claim
 from tests.conftest import TINY, run_cli
-from tests.test_variational_dropout import fit
+from tests.toy import fit
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # Louizos et al. (2018), typed independently
 

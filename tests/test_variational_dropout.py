@@ -21,7 +21,7 @@ from sparse_lightning.layers import VD_CLASSES, reparameterise, strip_reparamete
 from sparse_lightning.layers import variational_dropout as vd
 from sparse_lightning.modules import ClassificationModule
 from tests.conftest import TINY, run_cli
-from tests.toy import loader, tiny_model
+from tests.toy import fit, loader, tiny_model
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. (2017), eq. 14, typed independently
 
@@ -191,26 +191,6 @@ def test_bad_input_is_a_config_error(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         VariationalDropout(**args)
-
-
-def fit(method: pl.Callback, steps: int = 20, ckpt_path=None, root=None):
-    module = ClassificationModule(
-        tiny_model(),
-        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4),
-        num_classes=4,
-    )
-    trainer = pl.Trainer(
-        max_steps=steps,
-        callbacks=[method],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=root,
-    )
-    trainer.fit(module, loader(batch_size=32), ckpt_path=ckpt_path)
-    return module, trainer
 
 
 def test_callback_trains_ends_with_evaluation_masks_and_resumes_from_a_checkpoint(tmp_path):
