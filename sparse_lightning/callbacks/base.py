@@ -130,22 +130,7 @@ class DenseBaseline(SparsityCallback):
 
     method_name = "dense"
 
-    # Knobs of the other methods that a preset may set for whichever method runs (e.g.
-    # experiment=sos_resnet50 sets the MP schedule); a dense run has no use for them.
-    IGNORED = (
-        "target_sparsity",
-        "begin_step",
-        "end_step",
-        "frequency",
-        "scope",
-        "initial_sparsity",
-        "power",
-        "layer_sparsity",
-    )
-
     def __init__(self, **selection: Any) -> None:
-        for name in self.IGNORED:
-            selection.pop(name, None)
         super().__init__(target_sparsity=0.0, **selection)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
