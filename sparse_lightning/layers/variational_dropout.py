@@ -171,11 +171,9 @@ class _VariationalTerms(torch.autograd.Function):
         slope = torch.ops.aten.sigmoid_backward.grad_input(
             theta.new_tensor(-K1 * K3).expand_as(s), s, grad_input=s
         )
-        slope.sub_(torch.reciprocal(one_plus_alpha, out=t), alpha=0.5)
+        slope.sub_(torch.reciprocal(one_plus_alpha, out=new("recip")), alpha=0.5)
         kl = K1 * s.numel() - K1 * sum_s + 0.5 * (sum_log(one_plus_alpha) + neg_la.sum())
-        # c = 2 theta / (theta^2 + EPSILON); t's storage was reused above
-        t = torch.mul(theta, theta, out=one_plus_alpha).add_(EPSILON)
-        c = torch.div(theta, t, out=t).mul_(2.0)
+        c = torch.div(theta, t, out=t).mul_(2.0)  # 2 theta / (theta^2 + EPSILON)
         ctx.save_for_backward(neg_la, sigma2, slope, c)
         ctx.workspace, ctx.grad_scale = workspace, grad_scale
         return sigma2, kl
