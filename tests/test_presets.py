@@ -1,0 +1,78 @@
+"""The paper presets give every method its own settings (conf/tuning/<experiment>/<method>.yaml):
+all five methods compose and build under both presets, with nothing of another method's."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from sparse_lightning.callbacks import DenseBaseline, L0Regularization, VariationalDropout
+from sparse_lightning.train import CONF_DIR
+
+METHODS = ["dense", "magnitude", "random", "variational_dropout", "l0"]
+PRESETS = {  # the MP schedule as fractions of the run
+    "sos_resnet50": (0.3125, 0.59375),
+    "sos_transformer": (0.0, 0.8),
+}
+
+
+def method_of(experiment: str, method: str, sparsity: str = "90"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train", [f"experiment={experiment}", f"method={method}", f"sparsity='{sparsity}'"]
+        )
+    return cfg, instantiate(cfg.method)
+
+
+@pytest.mark.parametrize("experiment", PRESETS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_builds_under_each_paper_preset(experiment, method):
+    cfg, callback = method_of(experiment, method)
+    assert callback.method_name == method
+    begin, end = PRESETS[experiment]
+    max_steps = cfg.trainer.max_steps
+    if isinstance(callback, DenseBaseline):
+        assert "frequency" not in cfg.method
+    elif isinstance(callback, VariationalDropout | L0Regularization):
+        assert "frequency" not in cfg.method
+        assert 0 <= callback.begin_step < callback.end_step <= max_steps
+    else:  # magnitude and random: the paper's schedule for this model
+        assert (callback.schedule.begin_step, callback.schedule.end_step) == (
+            int(begin * max_steps),
+            int(end * max_steps),
+        )
+
+
+@pytest.mark.parametrize("experiment", PRESETS)
+def test_variational_dropout_uses_the_paper_initialisation_of_each_model(experiment):
+    _, callback = method_of(experiment, "variational_dropout")
+    expected = {"sos_resnet50": -15.0, "sos_transformer": -10.0}[experiment]
+    assert callback.log_sigma2_init == expected
+
+
+def test_without_a_preset_the_default_settings_hold():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", ["method=variational_dropout"])
+    assert cfg.method.log_sigma2_init == -10.0
+    assert cfg.method.kl_weight == cfg.sparsity.vd.kl_weight
+
+
+def test_every_tuning_file_belongs_to_a_preset_and_a_method():
+    files = {
+        p.relative_to(CONF_DIR / "tuning").with_suffix("").as_posix()
+        for p in (CONF_DIR / "tuning").rglob("*.yaml")
+    }
+    pairs = {f"{experiment}/{method}" for experiment in PRESETS for method in METHODS}
+    assert files <= pairs, f"tuning files no preset/method selects: {sorted(files - pairs)}"
+
+
+@pytest.mark.parametrize("experiment", PRESETS)
+@pytest.mark.parametrize("method", ["variational_dropout", "l0"])
+@pytest.mark.parametrize("level", ["50", "60", "70", "80", "90", "95", "98"])
+def test_regularised_methods_take_the_papers_settings_at_every_level(experiment, method, level):
+    cfg, callback = method_of(experiment, method, level)
+    tuned = cfg.sparsity[experiment]["vd" if method == "variational_dropout" else "l0"]
+    weight = callback.reg_weight
+    assert weight == pytest.approx(
+        tuned["kl_weight" if method == "variational_dropout" else "weight"]
+    )
+    callback.check_budget(cfg.trainer.max_steps)
