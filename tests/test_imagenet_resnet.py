@@ -146,18 +146,23 @@ def laptop_overrides(root: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("method", ["magnitude", "dense"])
+@pytest.mark.parametrize("method", ["magnitude", "dense", "variational_dropout"])
 def test_sos_resnet50_runs_at_laptop_size(
     tmp_path: Path, image_root: Path, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 2-thread OpenMP stalls on a busy machine
     extra = ["sparsity=90"]
-    if method == "dense":  # the preset has no settings for dense (conf/tuning/...)
-        extra = ["method=dense"]
+    if method != "magnitude":  # each method with the preset's settings for it (conf/tuning/)
+        extra = [f"method={method}", "sparsity=90"]
     run_cli(tmp_path / "run", *laptop_overrides(image_root), *extra)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["model"] == "resnet18" and results["method"] == method
     assert results["steps"] == 40
     assert 0.0 <= results["metrics"]["test/acc"] <= results["metrics"]["test/acc5"] == 1.0
-    expected = 0.9 if method == "magnitude" else 0.0
-    assert results["sparsity"] == pytest.approx(expected, abs=1e-3)
+    if (
+        method == "variational_dropout"
+    ):  # an outcome of the regulariser; 40 steps are far too few for 90 %
+        assert 0.0 <= results["sparsity"] < 1.0
+    else:
+        expected = 0.9 if method == "magnitude" else 0.0
+        assert results["sparsity"] == pytest.approx(expected, abs=1e-3)

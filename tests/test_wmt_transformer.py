@@ -219,21 +219,24 @@ def laptop_overrides(root: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("method", ["magnitude", "dense"])
+@pytest.mark.parametrize("method", ["magnitude", "dense", "l0"])
 def test_sos_transformer_runs_at_laptop_size(
     tmp_path: Path, corpus: Path, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 2-thread OpenMP stalls on a busy machine
     extra = ["sparsity=90"]
-    if method == "dense":  # the preset has no settings for dense (conf/tuning/...)
-        extra = ["method=dense"]
+    if method != "magnitude":  # each method with the preset's settings for it (conf/tuning/)
+        extra = [f"method={method}", "sparsity=90"]
     run_cli(tmp_path / "run", *laptop_overrides(corpus), *extra)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["model"] == "transformer_tiny" and results["steps"] == 40
     assert set(results["metrics"]) >= {"test/bleu", "test/loss"}
     assert 0.0 <= results["metrics"]["test/bleu"] <= 100.0
-    expected = 0.9 if method == "magnitude" else 0.0
-    assert results["sparsity"] == pytest.approx(expected, abs=2e-3)
+    if method == "l0":  # an outcome of the regulariser; 40 steps are far too few for 90 %
+        assert 0.0 <= results["sparsity"] < 1.0
+    else:
+        expected = 0.9 if method == "magnitude" else 0.0
+        assert results["sparsity"] == pytest.approx(expected, abs=2e-3)
     assert "model.shared.weight" in results["layer_sparsity"]
 
 
