@@ -13,7 +13,8 @@ takes three steps; the figure is peak RSS (``VmHWM``) minus that baseline, i.e. 
 gradients, optimiser state, activations and temporaries. A fresh process per variant keeps one
 variant's allocator cache from hiding another's peak; torch has no CPU allocator statistics.
 
-Prints ``name: value`` lines; ``main()`` is what ``bench/masking.py`` calls.
+Prints ``name: value`` lines; ``main()`` is what ``bench/masking.py`` calls. ``--breakdown`` prints
+where the VD and l0 step time goes (an ablation, see ``breakdown``).
 """
 
 from __future__ import annotations
@@ -92,18 +93,73 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(BATCH, 3, SIZE, SIZE, generator=g), torch.randint(0, CLASSES, (BATCH,))
 
 
+def interleaved_medians(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each step, the steps run in turn (A B C A B C ...)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(WARMUP + rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if i >= WARMUP:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def step_times(rounds: int = ROUNDS) -> dict[str, float]:
     """Median seconds per training step of each kind, measured interleaved."""
     x, y = data()
-    steps = {kind: make_step(kind, x, y) for kind in KINDS}
-    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    for i in range(WARMUP + rounds):
-        for kind in KINDS:
-            start = time.perf_counter()
-            steps[kind]()
-            if i >= WARMUP:
-                times[kind].append(time.perf_counter() - start)
-    return {kind: statistics.median(t) for kind, t in times.items()}
+    return interleaved_medians({kind: make_step(kind, x, y) for kind in KINDS}, rounds)
+
+
+def breakdown(rounds: int = ROUNDS) -> dict[str, float]:
+    """Where the VD and l0 steps' time goes, as ratios to the dense step: each method against
+    its structure alone (VD: the same two convolutions, noise and optimiser with sigma^2 =
+    exp(log_sigma2) and no KL; l0: weight theta * log_alpha, no gates, no noise) and l0 with its
+    gates but constant noise. An ablation: the math functions are swapped while a step runs."""
+    from sparse_lightning.layers import l0 as l0_math
+    from sparse_lightning.layers import variational_dropout as vd_math
+    from sparse_lightning.layers.workspace import claim
+
+    real = {"vd": vd_math.variance_and_kl, "l0": l0_math.gated_weight_and_penalty}
+
+    def vd_structure(theta, log_sigma2, workspace=None, grad_scale=1.0):
+        return torch.exp(log_sigma2), theta.new_zeros(())
+
+    def l0_structure(theta, log_alpha, noise=None, source=None, workspace=None, grad_scale=1.0):
+        return theta * log_alpha, log_alpha.sum()
+
+    def l0_constant_noise(theta, log_alpha, noise=None, source=None, workspace=None, **_):
+        new, claimed = claim(workspace, log_alpha)
+        noise = new("noise").fill_(0.3)
+        return l0_math._HardConcreteWeight.apply(theta, log_alpha, noise, new, claimed, 1.0)
+
+    def with_math(kind: str, math, step: Callable[[], None]) -> Callable[[], None]:
+        module = vd_math if kind == "vd" else l0_math
+        name = "variance_and_kl" if kind == "vd" else "gated_weight_and_penalty"
+
+        def run() -> None:
+            setattr(module, name, math)
+            try:
+                step()
+            finally:
+                setattr(module, name, real[kind])
+
+        return run
+
+    x, y = data()
+    steps = {
+        "dense": make_step("dense", x, y),
+        "vd": make_step("vd", x, y),
+        "vd_structure": with_math("vd", vd_structure, make_step("vd", x, y)),
+        "l0": make_step("l0", x, y),
+        "l0_constant_noise": with_math("l0", l0_constant_noise, make_step("l0", x, y)),
+        "l0_structure": with_math("l0", l0_structure, make_step("l0", x, y)),
+    }
+    times = interleaved_medians(steps, rounds)
+    ratios = {f"{name}_over_dense": t / times["dense"] for name, t in times.items()}
+    for name, value in ratios.items():
+        print(f"{name}: {value:.3f}")
+    return ratios
 
 
 def _status_kib(field: str) -> int:
@@ -151,5 +207,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory":
         torch.set_num_threads(2)
         print(peak_memory_bytes(sys.argv[2]))
+    elif sys.argv[1:] == ["--breakdown"]:
+        torch.set_num_threads(2)
+        breakdown()
     else:
         main()
