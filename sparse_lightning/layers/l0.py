@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from sparse_lightning.layers import native
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.workspace import Workspace, claim
 
@@ -122,6 +123,38 @@ class _HardConcreteWeight(torch.autograd.Function):
         return grad_theta, grad_log_alpha, None, None, None, None
 
 
+class _NativeHardConcreteWeight(torch.autograd.Function):
+    """``_HardConcreteWeight`` as one pass of ``kernels.c`` each way (CPU, float32): forward reads
+    theta, log_alpha and the uniform draws and writes theta * z; backward recomputes the gates
+    from the same draws (kept, unchanged, in ``noise``) and writes the two gradients."""
+
+    @staticmethod
+    def forward(ctx, theta, log_alpha, noise, workspace, grad_scale):  # type: ignore[override]
+        lib, n = native.library(), theta.numel()
+        weight, partials = torch.empty_like(theta), native.partial_sums(n)
+        args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), weight.data_ptr())
+        args += (PENALTY_SHIFT, n)
+        native.run_blocks(lambda b, e: lib.l0_forward(*args, b, e, partials.data_ptr()), n)
+        ctx.save_for_backward(theta, log_alpha, noise)
+        ctx.workspace, ctx.grad_scale = workspace, grad_scale
+        return weight, partials.sum().to(theta.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_weight, grad_penalty):  # type: ignore[override]
+        theta, log_alpha, noise = ctx.saved_tensors
+        lib, n = native.library(), theta.numel()
+        grad_weight = torch.zeros_like(theta) if grad_weight is None else grad_weight.contiguous()
+        grad_theta, grad_log_alpha = torch.empty_like(theta), torch.empty_like(log_alpha)
+        g_pen = 0.0 if grad_penalty is None else float(grad_penalty)
+        args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), grad_weight.data_ptr())
+        args += (g_pen, PENALTY_SHIFT, ctx.grad_scale)
+        outs = (grad_theta.data_ptr(), grad_log_alpha.data_ptr())
+        native.run_blocks(lambda b, e: lib.l0_backward(*args, *outs, n, b, e), n)
+        if ctx.workspace is not None:
+            ctx.workspace.release()
+        return grad_theta, grad_log_alpha, None, None, None
+
+
 def gated_weight_and_penalty(
     theta: torch.Tensor,
     log_alpha: torch.Tensor,
@@ -141,4 +174,6 @@ def gated_weight_and_penalty(
         source.uniform_(noise, UNIFORM_EPS, 1.0 - UNIFORM_EPS)
     else:
         noise.uniform_(UNIFORM_EPS, 1.0 - UNIFORM_EPS)
+    if native.applies(theta, log_alpha, noise):
+        return _NativeHardConcreteWeight.apply(theta, log_alpha, noise, claimed, float(grad_scale))
     return _HardConcreteWeight.apply(theta, log_alpha, noise, new, claimed, float(grad_scale))

@@ -15,26 +15,17 @@ parallel already).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
+from sparse_lightning.layers.threads import pool
+
 STREAMS = 4  # fixed, so the numbers drawn do not depend on the thread count
 PARALLEL_MIN_NUMEL = 1 << 16  # smaller tensors are drawn in the calling thread
-_POOL: ThreadPoolExecutor | None = None
 MANTISSA_BITS = (1 << 23) - 1  # float32: 23 mantissa bits ...
 EXPONENT_OF_ONE = 127 << 23  # ... under the exponent of 1.0 make a float in [1, 2)
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        workers = max(1, min(STREAMS, os.cpu_count() or 1) - 1)  # the caller draws too
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sparse-noise")
-    return _POOL
 
 
 def stream_seeds(seed: int, rank: int, count: int) -> list[int]:
@@ -80,7 +71,7 @@ class NoiseSource:
                 draw(chunk, generator)
             return out
         # The calling thread draws too: first chunk, then any chunk no worker has started yet.
-        futures = [_pool().submit(draw, chunk, generator) for chunk, generator in pairs[1:]]
+        futures = [pool().submit(draw, chunk, generator) for chunk, generator in pairs[1:]]
         draw(*pairs[0])
         for future, pair in zip(reversed(futures), reversed(pairs[1:])):
             if future.cancel():

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from sparse_lightning.layers import native
 from sparse_lightning.layers.workspace import Workspace, claim
 
 # Molchanov et al. (2017), eq. 14:
@@ -198,13 +199,44 @@ class _VariationalTerms(torch.autograd.Function):
         return grad_theta, grad_log_sigma2, None, None, None
 
 
+class _NativeVariationalTerms(torch.autograd.Function):
+    """``_VariationalTerms`` as one pass of ``kernels.c`` each way (CPU, float32): forward reads
+    theta and log_sigma2 and writes sigma^2; backward recomputes the transcendentals and writes
+    the two gradients. Nothing weight-sized is saved beyond the parameters themselves."""
+
+    @staticmethod
+    def forward(ctx, theta, log_sigma2, grad_scale):  # type: ignore[override]
+        lib, n = native.library(), theta.numel()
+        sigma2, partials = torch.empty_like(theta), native.partial_sums(n)
+        args = (theta.data_ptr(), log_sigma2.data_ptr(), sigma2.data_ptr(), n)
+        native.run_blocks(lambda b, e: lib.vd_forward(*args, b, e, partials.data_ptr()), n)
+        ctx.save_for_backward(theta, log_sigma2)
+        ctx.grad_scale = grad_scale
+        return sigma2, partials.sum().to(theta.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_sigma2, grad_kl):  # type: ignore[override]
+        theta, log_sigma2 = ctx.saved_tensors
+        lib, n = native.library(), theta.numel()
+        grad_sigma2 = torch.zeros_like(theta) if grad_sigma2 is None else grad_sigma2.contiguous()
+        grad_theta, grad_log_sigma2 = torch.empty_like(theta), torch.empty_like(log_sigma2)
+        g_kl = 0.0 if grad_kl is None else float(grad_kl)
+        args = (theta.data_ptr(), log_sigma2.data_ptr(), grad_sigma2.data_ptr(), g_kl)
+        outs = (ctx.grad_scale, grad_theta.data_ptr(), grad_log_sigma2.data_ptr(), n)
+        native.run_blocks(lambda b, e: lib.vd_backward(*args, *outs, b, e), n)
+        return grad_theta, grad_log_sigma2, None
+
+
 def variance_and_kl(
     theta: torch.Tensor,
     log_sigma2: torch.Tensor,
     workspace: Workspace | None = None,
     grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clipped sigma^2, sum KL) of one weight tensor, fused (see ``_VariationalTerms``), with
-    log_sigma2's gradient times ``grad_scale``; temporaries reuse ``workspace`` when free."""
+    """(clipped sigma^2, sum KL) of one weight tensor, fused, with log_sigma2's gradient times
+    ``grad_scale``: the C kernels on the CPU (``_NativeVariationalTerms``), else PyTorch ops
+    (``_VariationalTerms``) whose temporaries reuse ``workspace`` when free."""
+    if native.applies(theta, log_sigma2):
+        return _NativeVariationalTerms.apply(theta, log_sigma2, float(grad_scale))
     new, claimed = claim(workspace, theta)
     return _VariationalTerms.apply(theta, log_sigma2, new, claimed, float(grad_scale))

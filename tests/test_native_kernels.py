@@ -1,0 +1,157 @@
+"""The fused C kernels (layers/kernels.c) give the values and gradients of the VD and l0 formulas,
+independently of the thread count, and the PyTorch path takes over where they cannot be built."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from sparse_lightning.layers import l0, native
+from sparse_lightning.layers import variational_dropout as vd
+from sparse_lightning.layers.l0 import BETA, GAMMA, ZETA
+from sparse_lightning.layers.variational_dropout import K1, K2, K3
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler on this machine")
+
+N = 3 * native.BLOCK + 123  # several blocks and a partial one
+
+
+def vd_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(N, generator=g) * 0.1
+    theta[:5] = torch.tensor([0.0, 1e-6, -1e-3, 3.0, -2.0])
+    # log_alpha from -12 to 12: both clip ends and the inside
+    log_sigma2 = torch.log(theta**2 + 1e-8) + torch.linspace(-12, 12, N)
+    return theta, log_sigma2
+
+
+def l0_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    theta = torch.randn(N, generator=g)
+    log_alpha = torch.linspace(-6, 6, N)
+    u = torch.rand(N, generator=g) * (1 - 2e-6) + 1e-6
+    return theta, log_alpha, u
+
+
+def vd_reference(theta, log_sigma2):
+    """The reference code's formulas, by autograd in float64."""
+    la = (log_sigma2 - torch.log(theta**2 + 1e-8)).clamp(-8, 8)
+    sigma2 = torch.exp(la) * (theta**2 + 1e-8)
+    kl = -(K1 * torch.sigmoid(K2 + K3 * la) - 0.5 * torch.log1p(torch.exp(-la)) - K1).sum()
+    return sigma2, kl
+
+
+def l0_reference(theta, log_alpha, u):
+    s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + log_alpha) / BETA)
+    weight = theta * torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0, 1)
+    return weight, torch.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA)).sum()
+
+
+def values_and_grads(fn, params, dtype=torch.float32):
+    """fn's two outputs and the gradients of 3 sum(out * w) + 0.7 * sum_term."""
+    leaves = [p.to(dtype).clone().requires_grad_() for p in params[:2]]
+    out, term = fn(*leaves, *[p.to(dtype) for p in params[2:]])
+    weights = torch.linspace(0.5, 2.0, out.numel(), dtype=dtype)
+    ((out * weights).sum() * 3.0 + 0.7 * term).backward()
+    return [out.detach().double(), term.detach().double(), *(p.grad.double() for p in leaves)]
+
+
+def assert_close_relative(actual, expected, rtol):
+    """Every entry within rtol of the largest reference magnitude (float32 vs float64)."""
+    for a, e in zip(actual, expected):
+        scale = e.abs().max().clamp_min(1e-30)
+        assert ((a - e).abs().max() / scale) < rtol
+
+
+def test_vd_kernel_matches_autograd_of_the_formulas():
+    theta, log_sigma2 = vd_inputs()
+    fused = values_and_grads(lambda t, s: vd.variance_and_kl(t, s), (theta, log_sigma2))
+    reference = values_and_grads(vd_reference, (theta, log_sigma2), torch.float64)
+    assert_close_relative(fused, reference, rtol=1e-5)
+
+
+def test_l0_kernel_matches_autograd_of_the_formulas():
+    theta, log_alpha, u = l0_inputs()
+
+    def fused(t, la, u):
+        return l0.gated_weight_and_penalty(t, la, noise=u.clone(), source=_FixedDraws())
+
+    out = values_and_grads(fused, (theta, log_alpha, u))
+    reference = values_and_grads(l0_reference, (theta, log_alpha, u), torch.float64)
+    assert_close_relative(out, reference, rtol=1e-5)
+
+
+class _FixedDraws:
+    """A noise source that leaves the given draws in place (so both paths see the same u)."""
+
+    def uniform_(self, out, low, high):
+        return out
+
+
+def test_the_kernels_take_over_from_pytorch_with_the_same_numbers(monkeypatch):
+    theta, log_sigma2 = vd_inputs()
+    native_vd = values_and_grads(lambda t, s: vd.variance_and_kl(t, s, None, 2.0), vd_inputs())
+    monkeypatch.setattr(native, "library", lambda: None)
+    assert not native.applies(theta)
+    pytorch_vd = values_and_grads(lambda t, s: vd.variance_and_kl(t, s, None, 2.0), vd_inputs())
+    assert_close_relative(native_vd, pytorch_vd, rtol=1e-5)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    theta, log_sigma2 = vd_inputs()
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            runs.append(
+                values_and_grads(lambda t, s: vd.variance_and_kl(t, s), (theta, log_sigma2))
+            )
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_only_cpu_float32_contiguous_tensors_take_the_kernels():
+    x = torch.zeros(8, 4)
+    assert native.applies(x, x)
+    assert not native.applies(x.double())
+    assert not native.applies(x.t())
+    assert not native.applies(x, torch.zeros(3))
+
+
+def test_the_library_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    first = native._build(native._compiler())
+    mtime = first.stat().st_mtime_ns
+    assert native._build(native._compiler()) == first and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_without_a_compiler_the_pytorch_ops_run_and_say_why(monkeypatch, caplog):
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert native.library() is None
+        assert "no C compiler" in caplog.text
+        theta, log_sigma2 = vd_inputs()
+        sigma2, _ = vd.variance_and_kl(theta, log_sigma2)
+        torch.testing.assert_close(sigma2, vd.clipped_sigma2(theta, log_sigma2))
+    finally:
+        native.library.cache_clear()
+
+
+def test_disabled_by_the_environment(monkeypatch):
+    monkeypatch.setenv(native.DISABLE_ENV, "0")
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+    finally:
+        monkeypatch.delenv(native.DISABLE_ENV)
+        native.library.cache_clear()
+        assert native.library() is not None
