@@ -155,3 +155,22 @@ def test_disabled_by_the_environment(monkeypatch):
         monkeypatch.delenv(native.DISABLE_ENV)
         native.library.cache_clear()
         assert native.library() is not None
+
+
+def test_a_forked_child_gets_its_own_thread_pool():
+    import multiprocessing
+
+    from sparse_lightning.layers.threads import pool
+
+    pool().submit(int).result()  # the parent's pool has started its threads
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as children:
+        total = children.apply(_sum_of_sigma2_in_a_child)
+    theta, log_sigma2 = vd_inputs()
+    assert total == float(vd.variance_and_kl(theta, log_sigma2)[0].sum())
+
+
+def _sum_of_sigma2_in_a_child() -> float:
+    torch.set_num_threads(2)  # so that the kernels use the pool
+    theta, log_sigma2 = vd_inputs()
+    return float(vd.variance_and_kl(theta, log_sigma2)[0].sum())
