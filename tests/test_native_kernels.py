@@ -171,6 +171,25 @@ def test_a_forked_child_gets_its_own_thread_pool():
 
 
 def _sum_of_sigma2_in_a_child() -> float:
-    torch.set_num_threads(2)  # so that the kernels use the pool
+    # torch runs single-threaded in a forked child (GNU OpenMP is not fork-safe); the kernels
+    # follow torch's thread count, so pretend two threads to make them use the pool
+    torch.get_num_threads = lambda: 2
     theta, log_sigma2 = vd_inputs()
     return float(vd.variance_and_kl(theta, log_sigma2)[0].sum())
+
+
+def test_the_sampled_output_and_its_gradients_match_the_formula():
+    g = torch.Generator().manual_seed(2)
+    mean = torch.randn(N, generator=g)
+    variance = torch.rand(N, generator=g) * 3
+    variance[:3] = 0.0  # sqrt(0 + eps): the gradient stays finite
+    noise = torch.randn(N, generator=g)
+    grad = torch.randn(N, generator=g)
+    results = []
+    for dtype in (torch.float32, torch.float64):  # the kernel; PyTorch ops
+        m = mean.to(dtype, copy=True).requires_grad_()
+        v = variance.to(dtype, copy=True).requires_grad_()
+        out = vd.sample_output(m * 1.0, v * 1.0, noise.to(dtype).clone())
+        (out * grad.to(dtype)).sum().backward()
+        results.append([out.detach().double(), m.grad.double(), v.grad.double()])
+    assert_close_relative(results[0], results[1], rtol=1e-5)

@@ -146,6 +146,22 @@ void vd_backward(const float *theta, const float *log_sigma2, const float *grad_
     }
 }
 
+/* Local reparameterisation: mean += sqrt(variance + eps) noise, in place; noise becomes
+ * d out / d variance = noise / (2 sqrt(variance + eps)), all backward needs. */
+void vd_sample(float *mean, const float *variance, float *noise, int64_t n, int64_t block_begin,
+               int64_t block_end) {
+    for (int64_t b = block_begin; b < block_end; ++b) {
+        int64_t end = block_end_index(b, n);
+#pragma omp simd
+        for (int64_t i = b * BLOCK; i < end; ++i) {
+            float std = sqrtf(variance[i] + VD_EPS);
+            float z = noise[i];
+            mean[i] += std * z;
+            noise[i] = 0.5f * z / std;
+        }
+    }
+}
+
 /* ---- l0 hard concrete ---------------------------------------------------------------------
  * r = (1 - u) / u, s = 1 / (1 + r^(3/2) exp(-3/2 log_alpha)) (BETA = 2/3),
  * z = clip(s (ZETA - GAMMA) + GAMMA, 0, 1), weight = theta z,

@@ -47,6 +47,7 @@ _F = ctypes.c_float
 SIGNATURES = {
     "vd_forward": [_P, _P, _P, _I, _I, _I, _P],
     "vd_backward": [_P, _P, _P, _F, _F, _P, _P, _I, _I, _I],
+    "vd_sample": [_P, _P, _P, _I, _I, _I],
     "l0_forward": [_P, _P, _P, _P, _F, _I, _I, _I, _P],
     "l0_backward": [_P, _P, _P, _P, _F, _F, _F, _P, _P, _I, _I, _I],
 }

@@ -65,14 +65,38 @@ def kl_sum(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
     return -negative_kl(log_alpha(theta, log_sigma2)).sum()
 
 
+class _NativeSample(torch.autograd.Function):
+    """mean + sqrt(variance + EPSILON) * noise in one pass of ``kernels.c`` (in place in mean),
+    which also turns ``noise`` into d out / d variance = noise / (2 sqrt(variance + EPSILON)):
+    backward is one product, where autograd of the three ops takes two passes and two saved
+    tensors."""
+
+    @staticmethod
+    def forward(ctx, mean, variance, noise):  # type: ignore[override]
+        lib, n = native.library(), mean.numel()
+        args = (mean.data_ptr(), variance.data_ptr(), noise.data_ptr(), n)
+        native.run_blocks(lambda b, e: lib.vd_sample(*args, b, e), n)
+        ctx.mark_dirty(mean)
+        ctx.save_for_backward(noise)
+        return mean
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (slope,) = ctx.saved_tensors
+        return grad, grad * slope, None
+
+
 def sample_output(
     mean: torch.Tensor, variance: torch.Tensor, noise: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Local reparameterisation: mean + sqrt(variance + EPSILON) * noise, noise ~ N(0, 1) per
     output unit unless given (tests pass zeros or ones). ``mean`` and ``variance`` are consumed
-    (computed in place: neither op that made them keeps its output for backward)."""
+    (computed in place: neither op that made them keeps its output for backward), and so is a
+    given ``noise`` on the CPU."""
     if noise is None:
         noise = torch.randn_like(mean)
+    if native.applies(mean, variance, noise):
+        return _NativeSample.apply(mean, variance, noise)
     return mean.addcmul_(variance.add_(EPSILON).sqrt_(), noise)
 
 
