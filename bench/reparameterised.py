@@ -19,12 +19,9 @@ where the VD and l0 step time goes (an ablation, see ``breakdown``).
 
 from __future__ import annotations
 
-import os
-
-# On a shared, busy machine two spinning OpenMP threads stall each other (dense steps 30x slower);
-# passive waiting keeps the two-thread measurement meaningful. Only effective before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# No OMP_WAIT_POLICY here: PyTorch's OpenMP threads spin after each op by default, as in every
+# training process, and passive waiting halves the dense step on two cores (129 ms against
+# 64 ms on resnet18 here), which would flatter every ratio. Measure on an idle machine.
 import statistics
 import subprocess
 import sys

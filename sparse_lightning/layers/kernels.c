@@ -12,8 +12,9 @@
  * exp and log are written out (Cephes polynomials, ~1 ulp) so that the loops vectorise with any
  * C compiler and give the same numbers on every platform, with no vector math library.
  *
- * Work is split in blocks of BLOCK elements; each call does the blocks [block_begin, block_end)
- * and writes one partial sum per block, so sums do not depend on how many threads ran blocks.
+ * Work is split in blocks of BLOCK elements that the calling threads take in turn from a shared
+ * counter; a sum is written as one partial per block, so it does not depend on which thread or
+ * how many threads ran the blocks.
  * Built by native.py with the system C compiler on first use; no Python headers needed.
  */
 #include <math.h>
@@ -87,6 +88,13 @@ static inline float fast_log(float x) {
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
+/* The next block nobody has taken, or -1: threads take blocks until none is left, so a thread
+ * that the OS runs late (or not at all) only does fewer blocks. */
+static inline int64_t claim_block(int64_t *next_block, int64_t n) {
+    int64_t block = __atomic_fetch_add(next_block, 1, __ATOMIC_RELAXED);
+    return block * BLOCK < n ? block : -1;
+}
+
 static inline int64_t block_end_index(int64_t block, int64_t n) {
     int64_t end = (block + 1) * BLOCK;
     return end < n ? end : n;
@@ -98,8 +106,8 @@ static inline int64_t block_end_index(int64_t block, int64_t n) {
  * KL = K1 - K1 s + 0.5 (log(1 + alpha) - la).
  */
 void vd_forward(const float *theta, const float *log_sigma2, float *sigma2, int64_t n,
-                int64_t block_begin, int64_t block_end, double *partials) {
-    for (int64_t b = block_begin; b < block_end; ++b) {
+                int64_t *next_block, double *partials) {
+    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
         float kl = 0.0f;
         int64_t end = block_end_index(b, n);
 #pragma omp simd reduction(+ : kl)
@@ -124,8 +132,8 @@ void vd_forward(const float *theta, const float *log_sigma2, float *sigma2, int6
  * log_sigma2's gradient is times grad_scale. */
 void vd_backward(const float *theta, const float *log_sigma2, const float *grad_sigma2,
                  float grad_kl, float grad_scale, float *grad_theta, float *grad_log_sigma2,
-                 int64_t n, int64_t block_begin, int64_t block_end) {
-    for (int64_t b = block_begin; b < block_end; ++b) {
+                 int64_t n, int64_t *next_block) {
+    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
         int64_t end = block_end_index(b, n);
 #pragma omp simd
         for (int64_t i = b * BLOCK; i < end; ++i) {
@@ -148,9 +156,9 @@ void vd_backward(const float *theta, const float *log_sigma2, const float *grad_
 
 /* Local reparameterisation: mean += sqrt(variance + eps) noise, in place; noise becomes
  * d out / d variance = noise / (2 sqrt(variance + eps)), all backward needs. */
-void vd_sample(float *mean, const float *variance, float *noise, int64_t n, int64_t block_begin,
-               int64_t block_end) {
-    for (int64_t b = block_begin; b < block_end; ++b) {
+void vd_sample(float *mean, const float *variance, float *noise, int64_t n,
+               int64_t *next_block) {
+    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
         int64_t end = block_end_index(b, n);
 #pragma omp simd
         for (int64_t i = b * BLOCK; i < end; ++i) {
@@ -179,9 +187,9 @@ static inline float l0_z(float s) {
 }
 
 void l0_forward(const float *theta, const float *log_alpha, const float *uniform, float *weight,
-                float shift, int64_t n, int64_t block_begin, int64_t block_end,
+                float shift, int64_t n, int64_t *next_block,
                 double *partials) {
-    for (int64_t b = block_begin; b < block_end; ++b) {
+    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
         float penalty = 0.0f;
         int64_t end = block_end_index(b, n);
 #pragma omp simd reduction(+ : penalty)
@@ -198,10 +206,9 @@ void l0_forward(const float *theta, const float *log_alpha, const float *uniform
  * [0 < z < 1]; d penalty / d log_alpha = p (1 - p). log_alpha's gradient is times grad_scale. */
 void l0_backward(const float *theta, const float *log_alpha, const float *uniform,
                  const float *grad_weight, float grad_penalty, float shift, float grad_scale,
-                 float *grad_theta, float *grad_log_alpha, int64_t n, int64_t block_begin,
-                 int64_t block_end) {
+                 float *grad_theta, float *grad_log_alpha, int64_t n, int64_t *next_block) {
     const float stretch = (L0_ZETA - L0_GAMMA) / L0_BETA;
-    for (int64_t b = block_begin; b < block_end; ++b) {
+    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
         int64_t end = block_end_index(b, n);
 #pragma omp simd
         for (int64_t i = b * BLOCK; i < end; ++i) {

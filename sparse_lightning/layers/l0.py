@@ -134,7 +134,7 @@ class _NativeHardConcreteWeight(torch.autograd.Function):
         weight, partials = torch.empty_like(theta), native.partial_sums(n)
         args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), weight.data_ptr())
         args += (PENALTY_SHIFT, n)
-        native.run_blocks(lambda b, e: lib.l0_forward(*args, b, e, partials.data_ptr()), n)
+        native.run_blocks(lambda nb: lib.l0_forward(*args, nb, partials.data_ptr()), n)
         ctx.save_for_backward(theta, log_alpha, noise)
         ctx.workspace, ctx.grad_scale = workspace, grad_scale
         return weight, partials.sum().to(theta.dtype)
@@ -149,7 +149,7 @@ class _NativeHardConcreteWeight(torch.autograd.Function):
         args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), grad_weight.data_ptr())
         args += (g_pen, PENALTY_SHIFT, ctx.grad_scale)
         outs = (grad_theta.data_ptr(), grad_log_alpha.data_ptr())
-        native.run_blocks(lambda b, e: lib.l0_backward(*args, *outs, n, b, e), n)
+        native.run_blocks(lambda next_block: lib.l0_backward(*args, *outs, n, next_block), n)
         if ctx.workspace is not None:
             ctx.workspace.release()
         return grad_theta, grad_log_alpha, None, None, None

@@ -44,12 +44,12 @@ FLAGS += ["-fPIC", "-shared"]
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
-SIGNATURES = {
-    "vd_forward": [_P, _P, _P, _I, _I, _I, _P],
-    "vd_backward": [_P, _P, _P, _F, _F, _P, _P, _I, _I, _I],
-    "vd_sample": [_P, _P, _P, _I, _I, _I],
-    "l0_forward": [_P, _P, _P, _P, _F, _I, _I, _I, _P],
-    "l0_backward": [_P, _P, _P, _P, _F, _F, _F, _P, _P, _I, _I, _I],
+SIGNATURES = {  # (..., n, next_block[, partials]): see kernels.c
+    "vd_forward": [_P, _P, _P, _I, _P, _P],
+    "vd_backward": [_P, _P, _P, _F, _F, _P, _P, _I, _P],
+    "vd_sample": [_P, _P, _P, _I, _P],
+    "l0_forward": [_P, _P, _P, _P, _F, _I, _P, _P],
+    "l0_backward": [_P, _P, _P, _P, _F, _F, _F, _P, _P, _I, _P],
 }
 
 
@@ -135,16 +135,20 @@ def applies(*tensors: torch.Tensor) -> bool:
     )
 
 
-def run_blocks(kernel: Callable[[int, int], None], numel: int) -> None:
-    """Call ``kernel(block_begin, block_end)`` over all blocks of ``numel`` elements, split in
-    contiguous ranges over ``torch.get_num_threads()`` threads (the caller runs the first)."""
-    blocks = -(-numel // BLOCK)
-    parts = max(1, min(torch.get_num_threads(), blocks))
-    bounds = [blocks * i // parts for i in range(parts + 1)]
-    futures = [pool().submit(kernel, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    kernel(bounds[0], bounds[1])
+def run_blocks(kernel: Callable[[ctypes.c_void_p], None], numel: int) -> None:
+    """Run ``kernel(next_block)`` on ``torch.get_num_threads()`` threads (the caller is one) that
+    take the blocks of ``numel`` elements from one shared counter. A worker that has not started
+    by the time the caller runs out of blocks is cancelled, so a pool thread that the OS
+    schedules late (e.g. behind an OpenMP thread still spinning after a PyTorch op) costs
+    nothing but the blocks it did not take."""
+    counter = ctypes.c_int64(0)
+    next_block = ctypes.cast(ctypes.byref(counter), ctypes.c_void_p)
+    helpers = min(torch.get_num_threads(), -(-numel // BLOCK)) - 1
+    futures = [pool().submit(kernel, next_block) for _ in range(helpers)]
+    kernel(next_block)
     for future in futures:
-        future.result()
+        if not future.cancel():
+            future.result()
 
 
 def partial_sums(numel: int) -> torch.Tensor:

@@ -75,7 +75,7 @@ class _NativeSample(torch.autograd.Function):
     def forward(ctx, mean, variance, noise):  # type: ignore[override]
         lib, n = native.library(), mean.numel()
         args = (mean.data_ptr(), variance.data_ptr(), noise.data_ptr(), n)
-        native.run_blocks(lambda b, e: lib.vd_sample(*args, b, e), n)
+        native.run_blocks(lambda next_block: lib.vd_sample(*args, next_block), n)
         ctx.mark_dirty(mean)
         ctx.save_for_backward(noise)
         return mean
@@ -233,7 +233,7 @@ class _NativeVariationalTerms(torch.autograd.Function):
         lib, n = native.library(), theta.numel()
         sigma2, partials = torch.empty_like(theta), native.partial_sums(n)
         args = (theta.data_ptr(), log_sigma2.data_ptr(), sigma2.data_ptr(), n)
-        native.run_blocks(lambda b, e: lib.vd_forward(*args, b, e, partials.data_ptr()), n)
+        native.run_blocks(lambda nb: lib.vd_forward(*args, nb, partials.data_ptr()), n)
         ctx.save_for_backward(theta, log_sigma2)
         ctx.grad_scale = grad_scale
         return sigma2, partials.sum().to(theta.dtype)
@@ -247,7 +247,7 @@ class _NativeVariationalTerms(torch.autograd.Function):
         g_kl = 0.0 if grad_kl is None else float(grad_kl)
         args = (theta.data_ptr(), log_sigma2.data_ptr(), grad_sigma2.data_ptr(), g_kl)
         outs = (ctx.grad_scale, grad_theta.data_ptr(), grad_log_sigma2.data_ptr(), n)
-        native.run_blocks(lambda b, e: lib.vd_backward(*args, *outs, b, e), n)
+        native.run_blocks(lambda next_block: lib.vd_backward(*args, *outs, next_block), n)
         return grad_theta, grad_log_sigma2, None
 
 
