@@ -103,53 +103,77 @@ static inline int64_t block_end_index(int64_t block, int64_t n) {
 /* ---- variational dropout ------------------------------------------------------------------
  * t = theta^2 + eps, u = log_sigma2 - log t (unclipped log_alpha), la = clip(u, -8, 8),
  * alpha = exp(la), sigma2 = alpha t, s = sigmoid(K2 + K3 la),
- * KL = K1 - K1 s + 0.5 (log(1 + alpha) - la).
+ * KL = K1 - K1 s + 0.5 (log(1 + alpha) - la),
+ * d KL / d la = -(K1 K3 s (1 - s) + 0.5 / (1 + alpha)) (< 0).
+ * The KL's log(1 + alpha) is needed for its value only (its gradient is in the slope), so it is
+ * summed as the log of products of LOG_GROUP values: 1 + alpha <= 1 + e^8, and a product of 8
+ * stays below 1e28, finite in float32. Forward writes sigma2 and `slope`: d KL / d la where
+ * |u| < 8 (negative), +1 where the clip holds la (a flag: no gradient reaches log_alpha);
+ * that is all backward needs beside theta, sigma2 and the incoming gradients.
  */
-void vd_forward(const float *theta, const float *log_sigma2, float *sigma2, int64_t n,
-                int64_t *next_block, double *partials) {
+#define LOG_GROUP 8
+#define LOG_LANES 256 /* a chunk of LOG_GROUP * LOG_LANES elements; BLOCK is a multiple */
+
+void vd_forward(const float *theta, const float *log_sigma2, float *sigma2, float *slope,
+                int64_t n, int64_t *next_block, double *partials) {
+    float one_plus_alpha[LOG_GROUP * LOG_LANES];
     for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
-        float kl = 0.0f;
-        int64_t end = block_end_index(b, n);
-#pragma omp simd reduction(+ : kl)
-        for (int64_t i = b * BLOCK; i < end; ++i) {
-            float th = theta[i];
-            float t = th * th + VD_EPS;
-            float la = log_sigma2[i] - fast_log(t);
-            la = la > VD_CLIP ? VD_CLIP : la;
-            la = la < -VD_CLIP ? -VD_CLIP : la;
-            float alpha = fast_exp(la);
-            sigma2[i] = alpha * t;
-            float s = sigmoid(VD_K2 + VD_K3 * la);
-            kl += VD_K1 - VD_K1 * s + 0.5f * (fast_log(1.0f + alpha) - la);
+        double kl = 0.0;
+        int64_t block_end = block_end_index(b, n);
+        for (int64_t chunk = b * BLOCK; chunk < block_end; chunk += LOG_GROUP * LOG_LANES) {
+            int64_t end = chunk + LOG_GROUP * LOG_LANES;
+            end = end < block_end ? end : block_end;
+            float linear = 0.0f;
+#pragma omp simd reduction(+ : linear)
+            for (int64_t i = chunk; i < end; ++i) {
+                float th = theta[i];
+                float t = th * th + VD_EPS;
+                float u = log_sigma2[i] - fast_log(t);
+                float la = u > VD_CLIP ? VD_CLIP : u;
+                la = la < -VD_CLIP ? -VD_CLIP : la;
+                float alpha = fast_exp(la);
+                sigma2[i] = alpha * t;
+                float s = sigmoid(VD_K2 + VD_K3 * la);
+                float g = -(VD_K1 * VD_K3 * s * (1.0f - s) + 0.5f / (1.0f + alpha));
+                g = u > -VD_CLIP ? g : 1.0f;
+                slope[i] = u < VD_CLIP ? g : 1.0f;
+                one_plus_alpha[i - chunk] = 1.0f + alpha;
+                linear += VD_K1 - VD_K1 * s - 0.5f * la;
+            }
+            for (int64_t i = end - chunk; i < LOG_GROUP * LOG_LANES; ++i) {
+                one_plus_alpha[i] = 1.0f; /* a short last chunk: log 1 = 0 */
+            }
+            float logs = 0.0f;
+#pragma omp simd reduction(+ : logs)
+            for (int l = 0; l < LOG_LANES; ++l) {
+                float product = one_plus_alpha[l];
+                for (int j = 1; j < LOG_GROUP; ++j) {
+                    product *= one_plus_alpha[j * LOG_LANES + l];
+                }
+                logs += fast_log(product);
+            }
+            kl += (double)linear + 0.5 * (double)logs;
         }
-        partials[b] = (double)kl;
+        partials[b] = kl;
     }
 }
 
-/* d la / d log_sigma2 = [|u| < 8], d la / d theta = -[|u| < 8] 2 theta / t,
- * d sigma2 / d la = sigma2, d sigma2 / d theta (through t) = sigma2 2 theta / t,
- * d KL / d la = -(K1 K3 s (1 - s) + 0.5 / (1 + alpha)).
- * log_sigma2's gradient is times grad_scale. */
-void vd_backward(const float *theta, const float *log_sigma2, const float *grad_sigma2,
-                 float grad_kl, float grad_scale, float *grad_theta, float *grad_log_sigma2,
-                 int64_t n, int64_t *next_block) {
+/* g_la = [|u| < 8] (grad_sigma2 sigma2 + grad_kl slope); d / d log_sigma2 = g_la grad_scale,
+ * d / d theta = (grad_sigma2 sigma2 - g_la) 2 theta / t (sigma2's direct dependence on theta
+ * through t, less log_alpha's). */
+void vd_backward(const float *theta, const float *sigma2, const float *slope,
+                 const float *grad_sigma2, float grad_kl, float grad_scale, float *grad_theta,
+                 float *grad_log_sigma2, int64_t n, int64_t *next_block) {
     for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
         int64_t end = block_end_index(b, n);
 #pragma omp simd
         for (int64_t i = b * BLOCK; i < end; ++i) {
             float th = theta[i];
-            float t = th * th + VD_EPS;
-            float u = log_sigma2[i] - fast_log(t);
-            float la = u > VD_CLIP ? VD_CLIP : u;
-            la = la < -VD_CLIP ? -VD_CLIP : la;
-            float alpha = fast_exp(la);
-            float s = sigmoid(VD_K2 + VD_K3 * la);
-            float from_var = grad_sigma2[i] * alpha * t;
-            float slope = -(VD_K1 * VD_K3 * s * (1.0f - s) + 0.5f / (1.0f + alpha));
-            float g_la = from_var + grad_kl * slope;
-            g_la = (u > -VD_CLIP) & (u < VD_CLIP) ? g_la : 0.0f;
+            float k = slope[i];
+            float from_var = grad_sigma2[i] * sigma2[i];
+            float g_la = k < 0.0f ? from_var + grad_kl * k : 0.0f;
             grad_log_sigma2[i] = g_la * grad_scale;
-            grad_theta[i] = (from_var - g_la) * (2.0f * th / t);
+            grad_theta[i] = (from_var - g_la) * (2.0f * th / (th * th + VD_EPS));
         }
     }
 }

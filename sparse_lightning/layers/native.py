@@ -45,8 +45,8 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
 SIGNATURES = {  # (..., n, next_block[, partials]): see kernels.c
-    "vd_forward": [_P, _P, _P, _I, _P, _P],
-    "vd_backward": [_P, _P, _P, _F, _F, _P, _P, _I, _P],
+    "vd_forward": [_P, _P, _P, _P, _I, _P, _P],
+    "vd_backward": [_P, _P, _P, _P, _F, _F, _P, _P, _I, _P],
     "vd_sample": [_P, _P, _P, _I, _P],
     "l0_forward": [_P, _P, _P, _P, _F, _I, _P, _P],
     "l0_backward": [_P, _P, _P, _P, _F, _F, _F, _P, _P, _I, _P],

@@ -225,30 +225,33 @@ class _VariationalTerms(torch.autograd.Function):
 
 class _NativeVariationalTerms(torch.autograd.Function):
     """``_VariationalTerms`` as one pass of ``kernels.c`` each way (CPU, float32): forward reads
-    theta and log_sigma2 and writes sigma^2; backward recomputes the transcendentals and writes
-    the two gradients. Nothing weight-sized is saved beyond the parameters themselves."""
+    theta and log_sigma2 and writes sigma^2 and the KL's slope (flagged where the clip holds);
+    backward reads those and writes the two gradients, with one division and no
+    transcendental. The slope goes in ``new("slope")`` (see ``workspace.claim``)."""
 
     @staticmethod
-    def forward(ctx, theta, log_sigma2, grad_scale):  # type: ignore[override]
+    def forward(ctx, theta, log_sigma2, new, workspace, grad_scale):  # type: ignore[override]
         lib, n = native.library(), theta.numel()
-        sigma2, partials = torch.empty_like(theta), native.partial_sums(n)
-        args = (theta.data_ptr(), log_sigma2.data_ptr(), sigma2.data_ptr(), n)
+        sigma2, slope, partials = torch.empty_like(theta), new("slope"), native.partial_sums(n)
+        args = (theta.data_ptr(), log_sigma2.data_ptr(), sigma2.data_ptr(), slope.data_ptr(), n)
         native.run_blocks(lambda nb: lib.vd_forward(*args, nb, partials.data_ptr()), n)
-        ctx.save_for_backward(theta, log_sigma2)
-        ctx.grad_scale = grad_scale
+        ctx.save_for_backward(theta, sigma2, slope)
+        ctx.workspace, ctx.grad_scale = workspace, grad_scale
         return sigma2, partials.sum().to(theta.dtype)
 
     @staticmethod
     def backward(ctx, grad_sigma2, grad_kl):  # type: ignore[override]
-        theta, log_sigma2 = ctx.saved_tensors
+        theta, sigma2, slope = ctx.saved_tensors
         lib, n = native.library(), theta.numel()
         grad_sigma2 = torch.zeros_like(theta) if grad_sigma2 is None else grad_sigma2.contiguous()
-        grad_theta, grad_log_sigma2 = torch.empty_like(theta), torch.empty_like(log_sigma2)
+        grad_theta, grad_log_sigma2 = torch.empty_like(theta), torch.empty_like(theta)
         g_kl = 0.0 if grad_kl is None else float(grad_kl)
-        args = (theta.data_ptr(), log_sigma2.data_ptr(), grad_sigma2.data_ptr(), g_kl)
-        outs = (ctx.grad_scale, grad_theta.data_ptr(), grad_log_sigma2.data_ptr(), n)
-        native.run_blocks(lambda next_block: lib.vd_backward(*args, *outs, next_block), n)
-        return grad_theta, grad_log_sigma2, None
+        args = (theta.data_ptr(), sigma2.data_ptr(), slope.data_ptr(), grad_sigma2.data_ptr())
+        args += (g_kl, ctx.grad_scale, grad_theta.data_ptr(), grad_log_sigma2.data_ptr(), n)
+        native.run_blocks(lambda next_block: lib.vd_backward(*args, next_block), n)
+        if ctx.workspace is not None:
+            ctx.workspace.release()
+        return grad_theta, grad_log_sigma2, None, None, None
 
 
 def variance_and_kl(
@@ -260,7 +263,6 @@ def variance_and_kl(
     """(clipped sigma^2, sum KL) of one weight tensor, fused, with log_sigma2's gradient times
     ``grad_scale``: the C kernels on the CPU (``_NativeVariationalTerms``), else PyTorch ops
     (``_VariationalTerms``) whose temporaries reuse ``workspace`` when free."""
-    if native.applies(theta, log_sigma2):
-        return _NativeVariationalTerms.apply(theta, log_sigma2, float(grad_scale))
     new, claimed = claim(workspace, theta)
-    return _VariationalTerms.apply(theta, log_sigma2, new, claimed, float(grad_scale))
+    fused = _NativeVariationalTerms if native.applies(theta, log_sigma2) else _VariationalTerms
+    return fused.apply(theta, log_sigma2, new, claimed, float(grad_scale))
