@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import lru_cache
 
 import pytest
 import torch
@@ -124,12 +125,22 @@ def test_only_cpu_float32_contiguous_tensors_take_the_kernels():
     assert not native.applies(x, torch.zeros(3))
 
 
-def test_the_library_is_built_once_into_the_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "thread-pool"])
+def test_the_library_is_built_once_into_the_cache(tmp_path, monkeypatch, openmp):
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
-    first = native._build(native._compiler())
+    runtime = native.openmp_runtime() if openmp else None
+    first = native._build(native._compiler(), runtime)
     mtime = first.stat().st_mtime_ns
-    assert native._build(native._compiler()) == first and first.stat().st_mtime_ns == mtime
+    assert native._build(native._compiler(), runtime) == first
+    assert first.stat().st_mtime_ns == mtime
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_kernels_share_pytorchs_openmp_threads_where_pytorch_has_openmp():
+    runtime = native.openmp_runtime()
+    if runtime is None:
+        pytest.skip("PyTorch loaded no OpenMP runtime here")
+    assert native.library().kernels_use_openmp() == 1
 
 
 def test_without_a_compiler_the_pytorch_ops_run_and_say_why(monkeypatch, caplog):
@@ -157,6 +168,21 @@ def test_disabled_by_the_environment(monkeypatch):
         assert native.library() is not None
 
 
+def thread_pool_library():
+    """The kernels built without OpenMP: ``run_blocks`` threads them with its own pool."""
+    library = native._load(native._compiler(), None)
+    assert library.kernels_use_openmp() == 0
+    return library
+
+
+def test_openmp_and_the_thread_pool_give_identical_numbers(monkeypatch):
+    openmp = values_and_grads(vd.variance_and_kl, vd_inputs())
+    monkeypatch.setattr(native, "library", thread_pool_library)
+    pooled = values_and_grads(vd.variance_and_kl, vd_inputs())
+    for a, b in zip(openmp, pooled):
+        assert torch.equal(a, b)
+
+
 def test_a_forked_child_gets_its_own_thread_pool():
     import multiprocessing
 
@@ -171,9 +197,10 @@ def test_a_forked_child_gets_its_own_thread_pool():
 
 
 def _sum_of_sigma2_in_a_child() -> float:
-    # torch runs single-threaded in a forked child (GNU OpenMP is not fork-safe); the kernels
-    # follow torch's thread count, so pretend two threads to make them use the pool
+    # torch runs single-threaded in a forked child (GNU OpenMP is not fork-safe); pretend two
+    # threads so that the thread-pool kernels use the pool
     torch.get_num_threads = lambda: 2
+    native.library = lru_cache(maxsize=1)(thread_pool_library)
     theta, log_sigma2 = vd_inputs()
     return float(vd.variance_and_kl(theta, log_sigma2)[0].sum())
 

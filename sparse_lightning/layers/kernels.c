@@ -95,6 +95,19 @@ static inline int64_t claim_block(int64_t *next_block, int64_t n) {
     return block * BLOCK < n ? block : -1;
 }
 
+/* Where built with OpenMP (native.py links the runtime PyTorch has loaded, so these regions run
+ * on PyTorch's own threads, already awake after its last op), every thread of the region takes
+ * blocks; elsewhere the caller and native.py's thread pool do. */
+#define PARALLEL_OVER_BLOCKS _Pragma("omp parallel if (n > BLOCK)")
+
+int kernels_use_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 static inline int64_t block_end_index(int64_t block, int64_t n) {
     int64_t end = (block + 1) * BLOCK;
     return end < n ? end : n;
@@ -116,45 +129,47 @@ static inline int64_t block_end_index(int64_t block, int64_t n) {
 
 void vd_forward(const float *theta, const float *log_sigma2, float *sigma2, float *slope,
                 int64_t n, int64_t *next_block, double *partials) {
-    float one_plus_alpha[LOG_GROUP * LOG_LANES];
-    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
-        double kl = 0.0;
-        int64_t block_end = block_end_index(b, n);
-        for (int64_t chunk = b * BLOCK; chunk < block_end; chunk += LOG_GROUP * LOG_LANES) {
-            int64_t end = chunk + LOG_GROUP * LOG_LANES;
-            end = end < block_end ? end : block_end;
-            float linear = 0.0f;
+    PARALLEL_OVER_BLOCKS {
+        float one_plus_alpha[LOG_GROUP * LOG_LANES];
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            double kl = 0.0;
+            int64_t block_end = block_end_index(b, n);
+            for (int64_t chunk = b * BLOCK; chunk < block_end; chunk += LOG_GROUP * LOG_LANES) {
+                int64_t end = chunk + LOG_GROUP * LOG_LANES;
+                end = end < block_end ? end : block_end;
+                float linear = 0.0f;
 #pragma omp simd reduction(+ : linear)
-            for (int64_t i = chunk; i < end; ++i) {
-                float th = theta[i];
-                float t = th * th + VD_EPS;
-                float u = log_sigma2[i] - fast_log(t);
-                float la = u > VD_CLIP ? VD_CLIP : u;
-                la = la < -VD_CLIP ? -VD_CLIP : la;
-                float alpha = fast_exp(la);
-                sigma2[i] = alpha * t;
-                float s = sigmoid(VD_K2 + VD_K3 * la);
-                float g = -(VD_K1 * VD_K3 * s * (1.0f - s) + 0.5f / (1.0f + alpha));
-                g = u > -VD_CLIP ? g : 1.0f;
-                slope[i] = u < VD_CLIP ? g : 1.0f;
-                one_plus_alpha[i - chunk] = 1.0f + alpha;
-                linear += VD_K1 - VD_K1 * s - 0.5f * la;
-            }
-            for (int64_t i = end - chunk; i < LOG_GROUP * LOG_LANES; ++i) {
-                one_plus_alpha[i] = 1.0f; /* a short last chunk: log 1 = 0 */
-            }
-            float logs = 0.0f;
-#pragma omp simd reduction(+ : logs)
-            for (int l = 0; l < LOG_LANES; ++l) {
-                float product = one_plus_alpha[l];
-                for (int j = 1; j < LOG_GROUP; ++j) {
-                    product *= one_plus_alpha[j * LOG_LANES + l];
+                for (int64_t i = chunk; i < end; ++i) {
+                    float th = theta[i];
+                    float t = th * th + VD_EPS;
+                    float u = log_sigma2[i] - fast_log(t);
+                    float la = u > VD_CLIP ? VD_CLIP : u;
+                    la = la < -VD_CLIP ? -VD_CLIP : la;
+                    float alpha = fast_exp(la);
+                    sigma2[i] = alpha * t;
+                    float s = sigmoid(VD_K2 + VD_K3 * la);
+                    float g = -(VD_K1 * VD_K3 * s * (1.0f - s) + 0.5f / (1.0f + alpha));
+                    g = u > -VD_CLIP ? g : 1.0f;
+                    slope[i] = u < VD_CLIP ? g : 1.0f;
+                    one_plus_alpha[i - chunk] = 1.0f + alpha;
+                    linear += VD_K1 - VD_K1 * s - 0.5f * la;
                 }
-                logs += fast_log(product);
+                for (int64_t i = end - chunk; i < LOG_GROUP * LOG_LANES; ++i) {
+                    one_plus_alpha[i] = 1.0f; /* a short last chunk: log 1 = 0 */
+                }
+                float logs = 0.0f;
+#pragma omp simd reduction(+ : logs)
+                for (int l = 0; l < LOG_LANES; ++l) {
+                    float product = one_plus_alpha[l];
+                    for (int j = 1; j < LOG_GROUP; ++j) {
+                        product *= one_plus_alpha[j * LOG_LANES + l];
+                    }
+                    logs += fast_log(product);
+                }
+                kl += (double)linear + 0.5 * (double)logs;
             }
-            kl += (double)linear + 0.5 * (double)logs;
+            partials[b] = kl;
         }
-        partials[b] = kl;
     }
 }
 
@@ -164,16 +179,18 @@ void vd_forward(const float *theta, const float *log_sigma2, float *sigma2, floa
 void vd_backward(const float *theta, const float *sigma2, const float *slope,
                  const float *grad_sigma2, float grad_kl, float grad_scale, float *grad_theta,
                  float *grad_log_sigma2, int64_t n, int64_t *next_block) {
-    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
-        int64_t end = block_end_index(b, n);
+    PARALLEL_OVER_BLOCKS {
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            int64_t end = block_end_index(b, n);
 #pragma omp simd
-        for (int64_t i = b * BLOCK; i < end; ++i) {
-            float th = theta[i];
-            float k = slope[i];
-            float from_var = grad_sigma2[i] * sigma2[i];
-            float g_la = k < 0.0f ? from_var + grad_kl * k : 0.0f;
-            grad_log_sigma2[i] = g_la * grad_scale;
-            grad_theta[i] = (from_var - g_la) * (2.0f * th / (th * th + VD_EPS));
+            for (int64_t i = b * BLOCK; i < end; ++i) {
+                float th = theta[i];
+                float k = slope[i];
+                float from_var = grad_sigma2[i] * sigma2[i];
+                float g_la = k < 0.0f ? from_var + grad_kl * k : 0.0f;
+                grad_log_sigma2[i] = g_la * grad_scale;
+                grad_theta[i] = (from_var - g_la) * (2.0f * th / (th * th + VD_EPS));
+            }
         }
     }
 }
@@ -182,14 +199,16 @@ void vd_backward(const float *theta, const float *sigma2, const float *slope,
  * d out / d variance = noise / (2 sqrt(variance + eps)), all backward needs. */
 void vd_sample(float *mean, const float *variance, float *noise, int64_t n,
                int64_t *next_block) {
-    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
-        int64_t end = block_end_index(b, n);
+    PARALLEL_OVER_BLOCKS {
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            int64_t end = block_end_index(b, n);
 #pragma omp simd
-        for (int64_t i = b * BLOCK; i < end; ++i) {
-            float std = sqrtf(variance[i] + VD_EPS);
-            float z = noise[i];
-            mean[i] += std * z;
-            noise[i] = 0.5f * z / std;
+            for (int64_t i = b * BLOCK; i < end; ++i) {
+                float std = sqrtf(variance[i] + VD_EPS);
+                float z = noise[i];
+                mean[i] += std * z;
+                noise[i] = 0.5f * z / std;
+            }
         }
     }
 }
@@ -213,16 +232,18 @@ static inline float l0_z(float s) {
 void l0_forward(const float *theta, const float *log_alpha, const float *uniform, float *weight,
                 float shift, int64_t n, int64_t *next_block,
                 double *partials) {
-    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
-        float penalty = 0.0f;
-        int64_t end = block_end_index(b, n);
+    PARALLEL_OVER_BLOCKS {
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            float penalty = 0.0f;
+            int64_t end = block_end_index(b, n);
 #pragma omp simd reduction(+ : penalty)
-        for (int64_t i = b * BLOCK; i < end; ++i) {
-            float la = log_alpha[i];
-            weight[i] = theta[i] * l0_z(l0_s(la, uniform[i]));
-            penalty += sigmoid(la - shift);
+            for (int64_t i = b * BLOCK; i < end; ++i) {
+                float la = log_alpha[i];
+                weight[i] = theta[i] * l0_z(l0_s(la, uniform[i]));
+                penalty += sigmoid(la - shift);
+            }
+            partials[b] = (double)penalty;
         }
-        partials[b] = (double)penalty;
     }
 }
 
@@ -232,21 +253,23 @@ void l0_backward(const float *theta, const float *log_alpha, const float *unifor
                  const float *grad_weight, float grad_penalty, float shift, float grad_scale,
                  float *grad_theta, float *grad_log_alpha, int64_t n, int64_t *next_block) {
     const float stretch = (L0_ZETA - L0_GAMMA) / L0_BETA;
-    for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
-        int64_t end = block_end_index(b, n);
+    PARALLEL_OVER_BLOCKS {
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            int64_t end = block_end_index(b, n);
 #pragma omp simd
-        for (int64_t i = b * BLOCK; i < end; ++i) {
-            float la = log_alpha[i];
-            float th = theta[i];
-            float s = l0_s(la, uniform[i]);
-            float z = l0_z(s);
-            float g = grad_weight[i];
-            float p = sigmoid(la - shift);
-            float g_gate = g * th * stretch * s * (1.0f - s);
-            g_gate = z > 0.0f ? g_gate : 0.0f; /* two selects: one with && or & */
-            g_gate = z < 1.0f ? g_gate : 0.0f; /* does not vectorise (gcc 12) */
-            grad_theta[i] = g * z;
-            grad_log_alpha[i] = (g_gate + grad_penalty * p * (1.0f - p)) * grad_scale;
+            for (int64_t i = b * BLOCK; i < end; ++i) {
+                float la = log_alpha[i];
+                float th = theta[i];
+                float s = l0_s(la, uniform[i]);
+                float z = l0_z(s);
+                float g = grad_weight[i];
+                float p = sigmoid(la - shift);
+                float g_gate = g * th * stretch * s * (1.0f - s);
+                g_gate = z > 0.0f ? g_gate : 0.0f; /* two selects: one with && or & */
+                g_gate = z < 1.0f ? g_gate : 0.0f; /* does not vectorise (gcc 12) */
+                grad_theta[i] = g * z;
+                grad_log_alpha[i] = (g_gate + grad_penalty * p * (1.0f - p)) * grad_scale;
+            }
         }
     }
 }

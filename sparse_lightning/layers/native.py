@@ -39,7 +39,8 @@ BLOCK = 32768  # elements per block; kernels.c's BLOCK
 DISABLE_ENV = "SPARSE_LIGHTNING_NATIVE"
 CACHE_ENV = "SPARSE_LIGHTNING_CACHE"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
-FLAGS += ["-fPIC", "-shared"]
+FLAGS += ["-fPIC"]
+OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp5")
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -69,14 +70,30 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(compiler: str) -> Path:
-    """Compile kernels.c into the cache (if not there yet) and return the library's path."""
+def openmp_runtime() -> str | None:
+    """The OpenMP runtime PyTorch has loaded into this process (Linux), if any: linking the
+    kernels against this very file (by its soname) makes their parallel regions run on PyTorch's
+    threads, which spin for a while after each op; a second runtime would fight them for the
+    cores."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    for line in maps:
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if Path(path).name.startswith(OPENMP_RUNTIMES) and ".so" in Path(path).name:
+            return path
+    return None
+
+
+def _build(compiler: str, runtime: str | None) -> Path:
+    """Compile kernels.c into the cache (if not there yet) and return the library's path: with
+    OpenMP, linked against ``runtime``, if one is given."""
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=True
     ).stdout
-    key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_identity()]).encode()
-    ).hexdigest()[:20]
+    parts = [SOURCE.read_text(), " ".join(FLAGS), version, _cpu_identity(), str(runtime)]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
     cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sparse_lightning")
     target = cache / f"kernels-{key}.so"
     if target.exists():
@@ -85,22 +102,34 @@ def _build(compiler: str) -> Path:
     fd, partial = tempfile.mkstemp(dir=cache, prefix=target.name, suffix=".tmp")
     os.close(fd)
     try:
-        subprocess.run(
-            [compiler, *FLAGS, "-o", partial, str(SOURCE)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        # Compile with OpenMP but link only ``runtime`` (not the compiler's own -lgomp).
+        objects = f"{partial}.o"
+        openmp = ["-fopenmp"] if runtime else []
+        run = {"capture_output": True, "text": True, "check": True}
+        subprocess.run([compiler, *FLAGS, *openmp, "-c", "-o", objects, str(SOURCE)], **run)
+        link = [objects, runtime, f"-Wl,-rpath,{Path(runtime).parent}"] if runtime else [objects]
+        subprocess.run([compiler, "-shared", "-o", partial, *link], **run)
         os.replace(partial, target)
     finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+        for leftover in (partial, f"{partial}.o"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     return target
+
+
+def _load(compiler: str, runtime: str | None) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(_build(compiler, runtime)))
+    for name, argtypes in SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
+    lib.kernels_use_openmp.argtypes, lib.kernels_use_openmp.restype = [], ctypes.c_int
+    return lib
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (logged once) where they cannot be built or are disabled."""
+    """The loaded kernels, or None (logged once) where they cannot be built or are disabled:
+    with PyTorch's OpenMP runtime where it has one that links, else threaded by ``run_blocks``."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         log.info("fused CPU kernels disabled by %s=0; using PyTorch ops", DISABLE_ENV)
         return None
@@ -108,16 +137,14 @@ def library() -> ctypes.CDLL | None:
     if compiler is None:
         log.warning("no C compiler found (cc, gcc, clang, $CC): VD/l0 use slower PyTorch ops")
         return None
-    try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or str(error)
-        log.warning("could not build %s (%s): VD/l0 use slower PyTorch ops", SOURCE.name, detail)
-        return None
-    for name, argtypes in SIGNATURES.items():
-        function = getattr(lib, name)
-        function.argtypes, function.restype = argtypes, None
-    return lib
+    errors = []
+    for runtime in dict.fromkeys([openmp_runtime(), None]):
+        try:
+            return _load(compiler, runtime)
+        except (OSError, subprocess.CalledProcessError) as error:
+            errors.append(getattr(error, "stderr", "") or str(error))
+    log.warning("could not build %s (%s): VD/l0 use slower PyTorch ops", SOURCE.name, errors)
+    return None
 
 
 def applies(*tensors: torch.Tensor) -> bool:
@@ -136,13 +163,17 @@ def applies(*tensors: torch.Tensor) -> bool:
 
 
 def run_blocks(kernel: Callable[[ctypes.c_void_p], None], numel: int) -> None:
-    """Run ``kernel(next_block)`` on ``torch.get_num_threads()`` threads (the caller is one) that
-    take the blocks of ``numel`` elements from one shared counter. A worker that has not started
-    by the time the caller runs out of blocks is cancelled, so a pool thread that the OS
-    schedules late (e.g. behind an OpenMP thread still spinning after a PyTorch op) costs
-    nothing but the blocks it did not take."""
+    """Run ``kernel(next_block)`` over the blocks of ``numel`` elements. Built with OpenMP, the
+    kernel's own parallel region (PyTorch's threads) takes the blocks. Otherwise
+    ``torch.get_num_threads()`` threads (the caller is one) take them from the shared counter,
+    and a pool worker that has not started when the caller runs out of blocks is cancelled: a
+    thread the OS runs late (e.g. behind an OpenMP thread still spinning after a PyTorch op)
+    costs nothing but the blocks it did not take."""
     counter = ctypes.c_int64(0)
     next_block = ctypes.cast(ctypes.byref(counter), ctypes.c_void_p)
+    if library().kernels_use_openmp():
+        kernel(next_block)  # its parallel region uses PyTorch's threads
+        return
     helpers = min(torch.get_num_threads(), -(-numel // BLOCK)) - 1
     futures = [pool().submit(kernel, next_block) for _ in range(helpers)]
     kernel(next_block)
