@@ -3,6 +3,7 @@ independently of the thread count, and the PyTorch path takes over where they ca
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 from functools import lru_cache
@@ -13,6 +14,7 @@ import torch
 from sparse_lightning.layers import l0, native
 from sparse_lightning.layers import variational_dropout as vd
 from sparse_lightning.layers.l0 import BETA, GAMMA, ZETA
+from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.variational_dropout import K1, K2, K3
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler on this machine")
@@ -220,3 +222,37 @@ def test_the_sampled_output_and_its_gradients_match_the_formula():
         (out * grad.to(dtype)).sum().backward()
         results.append([out.detach().double(), m.grad.double(), v.grad.double()])
     assert_close_relative(results[0], results[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "counter, key, expected",
+    [  # Random123's known-answer vectors (kat_vectors, philox4x32 10)
+        ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+        ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+        (
+            [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+            [0xA4093822, 0x299F31D0],
+            [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1],
+        ),
+    ],
+)
+def test_philox_matches_the_published_known_answers(counter, key, expected):
+    words = (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), (ctypes.c_uint32 * 4)()
+    native.library().philox4x32_10(*words)
+    assert list(words[2]) == expected
+
+
+def test_uniform_draws_do_not_depend_on_the_thread_count_and_continue_across_draws():
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            source = NoiseSource(3, rank=2)
+            runs.append([source.uniform_(torch.empty(N), 0.1, 0.9) for _ in range(2)])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    first, second = runs[0]
+    assert not torch.equal(first[:1000], second[:1000])  # the second draw uses new counters

@@ -113,6 +113,91 @@ static inline int64_t block_end_index(int64_t block, int64_t n) {
     return end < n ? end : n;
 }
 
+/* ---- random numbers ------------------------------------------------------------------------
+ * Philox4x32-10 (Salmon, Moraes, Dror, Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3"),
+ * the counter-based generator of cuRAND, JAX and TensorFlow: four 32-bit words per 64-bit counter
+ * and key, with no state but the counter, so any block of any draw is computed independently.
+ * A draw of n numbers at counter `base` lays out chunks of 4 PHILOX_LANES numbers: number
+ * e = c (4 PHILOX_LANES) + w PHILOX_LANES + l is word w of counter base + c PHILOX_LANES + l.
+ */
+#define PHILOX_LANES 1024 /* BLOCK is a multiple of 4 PHILOX_LANES */
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+/* Ten rounds on the words c0..c3 (scalars, so that a loop over counters vectorises). */
+#define PHILOX_ROUND(c0, c1, c2, c3, k0, k1)                                                    \
+    do {                                                                                        \
+        uint64_t p0 = (uint64_t)PHILOX_M0 * (c0);                                               \
+        uint64_t p1 = (uint64_t)PHILOX_M1 * (c2);                                               \
+        (c0) = (uint32_t)(p1 >> 32) ^ (c1) ^ (k0);                                              \
+        (c1) = (uint32_t)p1;                                                                    \
+        (c2) = (uint32_t)(p0 >> 32) ^ (c3) ^ (k1);                                              \
+        (c3) = (uint32_t)p0;                                                                    \
+        (k0) += PHILOX_W0;                                                                      \
+        (k1) += PHILOX_W1;                                                                      \
+    } while (0)
+#define PHILOX_10(c0, c1, c2, c3, k0, k1)                                                       \
+    do {                                                                                        \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+        PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
+    } while (0)
+
+/* One Philox4x32-10 block, for known-answer tests. */
+void philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
+    uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
+    uint32_t k0 = key[0], k1 = key[1];
+    PHILOX_10(c0, c1, c2, c3, k0, k1);
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+/* out[e] = low + (high - low) f, f uniform on the 2^24 grid of [0, 1) (the top 24 bits of a
+ * word), kept below high where rounding would reach it. */
+void philox_uniform(float *out, int64_t n, uint32_t key0, uint32_t key1, uint64_t base,
+                    float low, float high, int64_t *next_block) {
+    const float scale = (high - low) * 0x1p-24f;
+    const float below_high = nextafterf(high, low);
+    PARALLEL_OVER_BLOCKS {
+        float chunk_values[4 * PHILOX_LANES];
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            int64_t block_end = block_end_index(b, n);
+            for (int64_t chunk = b * BLOCK; chunk < block_end; chunk += 4 * PHILOX_LANES) {
+                uint64_t first = base + (uint64_t)(chunk / (4 * PHILOX_LANES)) * PHILOX_LANES;
+#pragma omp simd
+                for (int l = 0; l < PHILOX_LANES; ++l) {
+                    uint64_t counter = first + (uint64_t)l;
+                    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32);
+                    uint32_t c2 = 0u, c3 = 0u, k0 = key0, k1 = key1;
+                    PHILOX_10(c0, c1, c2, c3, k0, k1);
+                    float v0 = low + (float)(c0 >> 8) * scale;
+                    float v1 = low + (float)(c1 >> 8) * scale;
+                    float v2 = low + (float)(c2 >> 8) * scale;
+                    float v3 = low + (float)(c3 >> 8) * scale;
+                    chunk_values[l] = v0 < high ? v0 : below_high;
+                    chunk_values[PHILOX_LANES + l] = v1 < high ? v1 : below_high;
+                    chunk_values[2 * PHILOX_LANES + l] = v2 < high ? v2 : below_high;
+                    chunk_values[3 * PHILOX_LANES + l] = v3 < high ? v3 : below_high;
+                }
+                int64_t count = block_end - chunk;
+                count = count < 4 * PHILOX_LANES ? count : 4 * PHILOX_LANES;
+                memcpy(out + chunk, chunk_values, (size_t)count * sizeof(float));
+            }
+        }
+    }
+}
+
 /* ---- variational dropout ------------------------------------------------------------------
  * t = theta^2 + eps, u = log_sigma2 - log t (unclipped log_alpha), la = clip(u, -8, 8),
  * alpha = exp(la), sigma2 = alpha t, s = sigmoid(K2 + K3 la),

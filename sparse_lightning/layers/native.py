@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
 BLOCK = 32768  # elements per block; kernels.c's BLOCK
+PHILOX_LANES = 1024  # kernels.c's: a draw of n numbers takes ceil(n / (4 PHILOX_LANES)) of these
 DISABLE_ENV = "SPARSE_LIGHTNING_NATIVE"
 CACHE_ENV = "SPARSE_LIGHTNING_CACHE"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
@@ -49,6 +50,8 @@ SIGNATURES = {  # (..., n, next_block[, partials]): see kernels.c
     "vd_forward": [_P, _P, _P, _P, _I, _P, _P],
     "vd_backward": [_P, _P, _P, _P, _F, _F, _P, _P, _I, _P],
     "vd_sample": [_P, _P, _P, _I, _P],
+    "philox4x32_10": [_P, _P, _P],
+    "philox_uniform": [_P, _I, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64, _F, _F, _P],
     "l0_forward": [_P, _P, _P, _P, _F, _I, _P, _P],
     "l0_backward": [_P, _P, _P, _P, _F, _F, _F, _P, _P, _I, _P],
 }

@@ -6,11 +6,14 @@ weight noise (l0: the same sub-network on every rank each step); and PyTorch's C
 fills a tensor serially, which for l0 (one uniform per weight per step) costs about a third of a
 dense resnet18 step on two cores.
 
-Each tensor is split into ``STREAMS`` contiguous chunks and chunk i is always drawn from stream
-i, so the numbers depend only on (seed, rank, draw), not on how many threads fill them. On CPU
-the chunks of large tensors are filled by a small thread pool (PyTorch releases the GIL in these
-kernels); on an accelerator one device generator draws the whole tensor (its kernels are
-parallel already).
+Uniform draws on the CPU (l0's one per weight per step) come from Philox4x32-10 in the fused
+kernels (``kernels.c``), keyed by (seed, rank): a counter-based generator has no state but the
+counter, so every block is computed independently, on PyTorch's threads, and the numbers depend
+only on (seed, rank, draw). Elsewhere (no C compiler, normal draws, accelerators) each tensor is
+split into ``STREAMS`` contiguous chunks and chunk i is always drawn from PyTorch generator i;
+on the CPU the chunks of large tensors are filled by a small thread pool (PyTorch releases the
+GIL in these kernels); on an accelerator one device generator draws the whole tensor (its
+kernels are parallel already). Both the counter and the generators' states are checkpointed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparse_lightning.layers import native
 from sparse_lightning.layers.threads import pool
 
 STREAMS = 4  # fixed, so the numbers drawn do not depend on the thread count
@@ -57,6 +61,18 @@ class NoiseSource:
             torch.Generator(device=self.device).manual_seed(s)
             for s in stream_seeds(self.seed, self.rank, count)
         ]
+        key = np.random.SeedSequence(entropy=self.seed, spawn_key=(self.rank, 1))
+        self.philox_key = tuple(int(word) for word in key.generate_state(2, dtype=np.uint32))
+        self.philox_counter = 0  # Philox counters used so far (CPU uniform draws)
+
+    def _philox_uniform_(self, out: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        """U(low, high) from the Philox4x32-10 kernel: the next counters of this rank's key."""
+        lib, n = native.library(), out.numel()
+        base = self.philox_counter
+        self.philox_counter += -(-n // (4 * native.PHILOX_LANES)) * native.PHILOX_LANES
+        args = (out.data_ptr(), n, *self.philox_key, base, low, high)
+        native.run_blocks(lambda next_block: lib.philox_uniform(*args, next_block), n)
+        return out
 
     def _fill(self, out: torch.Tensor, draw) -> torch.Tensor:
         """Apply ``draw(chunk, generator)`` to chunk i of ``out`` with stream i."""
@@ -84,11 +100,15 @@ class NoiseSource:
     def uniform_(self, out: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         """Fill ``out`` with U(low, high) draws, in place.
 
-        float32 on the CPU takes 23 random mantissa bits per draw from 64-bit integer draws
-        (two floats per generator call; ``uniform_`` makes one call per float): the bits, with
-        the exponent of 1.0, are a float f uniform on the 2^23 grid of [1, 2), and
+        Contiguous float32 on the CPU: Philox, 24 random bits per draw (see the module
+        docstring). Without the kernels, float32 on the CPU takes 23 random mantissa bits per
+        draw from 64-bit integer draws (two floats per generator call; ``uniform_`` makes one
+        call per float): the bits, with the exponent of 1.0, are a float f uniform on the 2^23
+        grid of [1, 2), and
         u = low + (high - low)(f - 1) lies in [low, high). ``uniform_`` itself keeps 24 bits.
         """
+        if self.device.type == "cpu" and native.applies(out):
+            return self._philox_uniform_(out, low, high)
         if not _takes_bits(out) or len(self.generators) == 1:
             return self._fill(out, lambda chunk, gen: chunk.uniform_(low, high, generator=gen))
         self._fill(out.view(-1).view(torch.int64), lambda chunk, gen: chunk.random_(generator=gen))
@@ -109,6 +129,7 @@ class NoiseSource:
             "rank": self.rank,
             "device_type": self.device.type,
             "states": [generator.get_state() for generator in self.generators],
+            "philox_counter": self.philox_counter,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> bool:
@@ -122,4 +143,5 @@ class NoiseSource:
         if same:
             for generator, saved in zip(self.generators, state["states"]):
                 generator.set_state(saved)
+            self.philox_counter = int(state.get("philox_counter", 0))
         return same
