@@ -256,3 +256,21 @@ def test_uniform_draws_do_not_depend_on_the_thread_count_and_continue_across_dra
         assert torch.equal(a, b)
     first, second = runs[0]
     assert not torch.equal(first[:1000], second[:1000])  # the second draw uses new counters
+
+
+def test_normal_draws_have_the_standard_normal_quantiles():
+    z = NoiseSource(11).normal_(torch.empty(1 << 20))
+    probabilities = torch.tensor([0.001, 0.02275, 0.15866, 0.5, 0.84134, 0.97725, 0.999])
+    expected = torch.distributions.Normal(0.0, 1.0).icdf(probabilities)
+    torch.testing.assert_close(torch.quantile(z, probabilities), expected, atol=0.02, rtol=0)
+    assert abs(z.mean().item()) < 0.005 and abs(z.std().item() - 1) < 0.005
+
+
+def test_the_fused_vd_sample_draws_the_noise_sources_normals():
+    mean, variance = torch.zeros(N), torch.ones(N)  # sqrt(1 + eps) == 1 in float32
+    m, v = mean.clone().requires_grad_(), variance.clone().requires_grad_()
+    out = vd.sample_output(m * 1.0, v * 1.0, source=NoiseSource(4, rank=1))
+    out.sum().backward()
+    z = NoiseSource(4, rank=1).normal_(torch.empty(N))
+    assert torch.equal(out.detach(), z)
+    assert torch.equal(v.grad, 0.5 * z) and torch.equal(m.grad, torch.ones(N))

@@ -152,6 +152,11 @@ static inline int64_t block_end_index(int64_t block, int64_t n) {
         PHILOX_ROUND(c0, c1, c2, c3, k0, k1);                                                   \
     } while (0)
 
+/* The first counter of the chunk of a draw at `base` that starts at element `chunk_start`. */
+static inline uint64_t chunk_counter(uint64_t base, int64_t chunk_start) {
+    return base + (uint64_t)(chunk_start / (4 * PHILOX_LANES)) * PHILOX_LANES;
+}
+
 /* One Philox4x32-10 block, for known-answer tests. */
 void philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
     uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
@@ -174,7 +179,7 @@ void philox_uniform(float *out, int64_t n, uint32_t key0, uint32_t key1, uint64_
         for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
             int64_t block_end = block_end_index(b, n);
             for (int64_t chunk = b * BLOCK; chunk < block_end; chunk += 4 * PHILOX_LANES) {
-                uint64_t first = base + (uint64_t)(chunk / (4 * PHILOX_LANES)) * PHILOX_LANES;
+                uint64_t first = chunk_counter(base, chunk);
 #pragma omp simd
                 for (int l = 0; l < PHILOX_LANES; ++l) {
                     uint64_t counter = first + (uint64_t)l;
@@ -193,6 +198,74 @@ void philox_uniform(float *out, int64_t n, uint32_t key0, uint32_t key1, uint64_
                 int64_t count = block_end - chunk;
                 count = count < 4 * PHILOX_LANES ? count : 4 * PHILOX_LANES;
                 memcpy(out + chunk, chunk_values, (size_t)count * sizeof(float));
+            }
+        }
+    }
+}
+
+/* cos and sin of 2 pi `turns`, turns in [0, 1): quarter turns q = round(4 turns) and
+ * a = (4 turns - q) pi / 2 in [-pi/4, pi/4], Cephes' sinf / cosf polynomials on a. */
+static inline float quarter_angle(float turns, int *quadrant) {
+    float q = floorf(turns * 4.0f + 0.5f);
+    *quadrant = (int)q & 3;
+    return (turns * 4.0f - q) * 1.57079632679489662f;
+}
+
+static inline float sin_small(float a) {
+    float z = a * a;
+    return a + a * z * (-1.6666654611e-1f + z * (8.3321608736e-3f + z * -1.9515295891e-4f));
+}
+
+static inline float cos_small(float a) {
+    float z = a * a;
+    return 1.0f - 0.5f * z +
+           z * z * (4.166664568298827e-2f + z * (-1.388731625493765e-3f + z * 2.443315711809948e-5f));
+}
+
+/* Box-Muller: words x (-> u1 in (0, 1]) and y (-> turns in [0, 1)) give two N(0, 1) values. */
+static inline void box_muller(uint32_t x, uint32_t y, float *first, float *second) {
+    float u1 = (float)((x >> 8) + 1u) * 0x1p-24f;
+    float radius = sqrtf(-2.0f * fast_log(u1));
+    int quadrant;
+    float a = quarter_angle((float)(y >> 8) * 0x1p-24f, &quadrant);
+    float sa = sin_small(a), ca = cos_small(a);
+    float c = quadrant == 0 ? ca : (quadrant == 1 ? -sa : (quadrant == 2 ? -ca : sa));
+    float s = quadrant == 0 ? sa : (quadrant == 1 ? ca : (quadrant == 2 ? -sa : -ca));
+    *first = radius * c;
+    *second = radius * s;
+}
+
+/* The 4 PHILOX_LANES standard normals of the chunk whose first counter is `first`. */
+static inline void philox_normal_chunk(uint32_t key0, uint32_t key1, uint64_t first,
+                                       float *values) {
+#pragma omp simd
+    for (int l = 0; l < PHILOX_LANES; ++l) {
+        uint64_t counter = first + (uint64_t)l;
+        uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32);
+        uint32_t c2 = 0u, c3 = 0u, k0 = key0, k1 = key1;
+        PHILOX_10(c0, c1, c2, c3, k0, k1);
+        float z0, z1, z2, z3;
+        box_muller(c0, c1, &z0, &z1);
+        box_muller(c2, c3, &z2, &z3);
+        values[l] = z0;
+        values[PHILOX_LANES + l] = z1;
+        values[2 * PHILOX_LANES + l] = z2;
+        values[3 * PHILOX_LANES + l] = z3;
+    }
+}
+
+/* out[e] ~ N(0, 1), the same numbers vd_sample_philox draws for the same counters. */
+void philox_normal(float *out, int64_t n, uint32_t key0, uint32_t key1, uint64_t base,
+                   int64_t *next_block) {
+    PARALLEL_OVER_BLOCKS {
+        float values[4 * PHILOX_LANES];
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            int64_t block_end = block_end_index(b, n);
+            for (int64_t chunk = b * BLOCK; chunk < block_end; chunk += 4 * PHILOX_LANES) {
+                philox_normal_chunk(key0, key1, chunk_counter(base, chunk), values);
+                int64_t count = block_end - chunk;
+                count = count < 4 * PHILOX_LANES ? count : 4 * PHILOX_LANES;
+                memcpy(out + chunk, values, (size_t)count * sizeof(float));
             }
         }
     }
@@ -293,6 +366,30 @@ void vd_sample(float *mean, const float *variance, float *noise, int64_t n,
                 float z = noise[i];
                 mean[i] += std * z;
                 noise[i] = 0.5f * z / std;
+            }
+        }
+    }
+}
+
+/* vd_sample with the noise drawn here (philox_normal's numbers for these counters): mean +=
+ * sqrt(variance + eps) z in place, and slope = z / (2 sqrt(variance + eps)) for backward. */
+void vd_sample_philox(float *mean, const float *variance, float *slope, int64_t n,
+                      uint32_t key0, uint32_t key1, uint64_t base, int64_t *next_block) {
+    PARALLEL_OVER_BLOCKS {
+        float values[4 * PHILOX_LANES];
+        for (int64_t b; (b = claim_block(next_block, n)) >= 0;) {
+            int64_t block_end = block_end_index(b, n);
+            for (int64_t chunk = b * BLOCK; chunk < block_end; chunk += 4 * PHILOX_LANES) {
+                philox_normal_chunk(key0, key1, chunk_counter(base, chunk), values);
+                int64_t end = chunk + 4 * PHILOX_LANES;
+                end = end < block_end ? end : block_end;
+#pragma omp simd
+                for (int64_t i = chunk; i < end; ++i) {
+                    float std = sqrtf(variance[i] + VD_EPS);
+                    float z = values[i - chunk];
+                    mean[i] += std * z;
+                    slope[i] = 0.5f * z / std;
+                }
             }
         }
     }

@@ -46,12 +46,16 @@ OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp5")
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
+_U32 = ctypes.c_uint32
+_U64 = ctypes.c_uint64
 SIGNATURES = {  # (..., n, next_block[, partials]): see kernels.c
     "vd_forward": [_P, _P, _P, _P, _I, _P, _P],
     "vd_backward": [_P, _P, _P, _P, _F, _F, _P, _P, _I, _P],
     "vd_sample": [_P, _P, _P, _I, _P],
     "philox4x32_10": [_P, _P, _P],
-    "philox_uniform": [_P, _I, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint64, _F, _F, _P],
+    "philox_uniform": [_P, _I, _U32, _U32, _U64, _F, _F, _P],
+    "philox_normal": [_P, _I, _U32, _U32, _U64, _P],
+    "vd_sample_philox": [_P, _P, _P, _I, _U32, _U32, _U64, _P],
     "l0_forward": [_P, _P, _P, _P, _F, _I, _P, _P],
     "l0_backward": [_P, _P, _P, _P, _F, _F, _F, _P, _P, _I, _P],
 }

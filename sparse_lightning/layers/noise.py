@@ -65,14 +65,15 @@ class NoiseSource:
         self.philox_key = tuple(int(word) for word in key.generate_state(2, dtype=np.uint32))
         self.philox_counter = 0  # Philox counters used so far (CPU uniform draws)
 
-    def _philox_uniform_(self, out: torch.Tensor, low: float, high: float) -> torch.Tensor:
-        """U(low, high) from the Philox4x32-10 kernel: the next counters of this rank's key."""
-        lib, n = native.library(), out.numel()
+    def philox_counters(self, numel: int) -> tuple[int, int, int]:
+        """(key0, key1, first counter) for a Philox draw of ``numel`` numbers in the kernels
+        (``kernels.c``); the counters are used up."""
         base = self.philox_counter
-        self.philox_counter += -(-n // (4 * native.PHILOX_LANES)) * native.PHILOX_LANES
-        args = (out.data_ptr(), n, *self.philox_key, base, low, high)
-        native.run_blocks(lambda next_block: lib.philox_uniform(*args, next_block), n)
-        return out
+        self.philox_counter += -(-numel // (4 * native.PHILOX_LANES)) * native.PHILOX_LANES
+        return (*self.philox_key, base)
+
+    def _philox(self, out: torch.Tensor) -> bool:
+        return self.device.type == "cpu" and native.applies(out)
 
     def _fill(self, out: torch.Tensor, draw) -> torch.Tensor:
         """Apply ``draw(chunk, generator)`` to chunk i of ``out`` with stream i."""
@@ -107,8 +108,11 @@ class NoiseSource:
         grid of [1, 2), and
         u = low + (high - low)(f - 1) lies in [low, high). ``uniform_`` itself keeps 24 bits.
         """
-        if self.device.type == "cpu" and native.applies(out):
-            return self._philox_uniform_(out, low, high)
+        if self._philox(out):
+            lib, n = native.library(), out.numel()
+            args = (out.data_ptr(), n, *self.philox_counters(n), low, high)
+            native.run_blocks(lambda next_block: lib.philox_uniform(*args, next_block), n)
+            return out
         if not _takes_bits(out) or len(self.generators) == 1:
             return self._fill(out, lambda chunk, gen: chunk.uniform_(low, high, generator=gen))
         self._fill(out.view(-1).view(torch.int64), lambda chunk, gen: chunk.random_(generator=gen))
@@ -116,7 +120,13 @@ class NoiseSource:
         return out.mul_(high - low).add_(low - (high - low))  # f in [1, 2) -> [low, high)
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` with N(0, 1) draws, in place."""
+        """Fill ``out`` with N(0, 1) draws, in place: on the CPU (float32, contiguous) Box-Muller
+        on Philox words, the numbers VD's fused sampling draws for the same counters."""
+        if self._philox(out):
+            lib, n = native.library(), out.numel()
+            args = (out.data_ptr(), n, *self.philox_counters(n))
+            native.run_blocks(lambda next_block: lib.philox_normal(*args, next_block), n)
+            return out
         return self._fill(out, lambda chunk, gen: chunk.normal_(generator=gen))
 
     def normal_like(self, like: torch.Tensor) -> torch.Tensor:

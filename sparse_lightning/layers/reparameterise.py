@@ -160,9 +160,7 @@ class VariationalDropoutLayer(_Reparameterised):
         else:
             op = _conv_op(self) if isinstance(self, nn.modules.conv._ConvNd) else _linear_op(self)
             mean, variance = vd_math.output_moments(op, x, self.weight, sigma2, self.bias)
-        source = self.noise_source
-        noise = source.normal_like(mean) if source is not None else None
-        return vd_math.sample_output(mean, variance, noise)
+        return vd_math.sample_output(mean, variance, source=self.noise_source)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, variational dropout threshold={self.vd_threshold}"  # type: ignore[misc]

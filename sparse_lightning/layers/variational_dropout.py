@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from sparse_lightning.layers import native
+from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.workspace import Workspace, claim
 
 # Molchanov et al. (2017), eq. 14:
@@ -67,36 +68,49 @@ def kl_sum(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
 
 class _NativeSample(torch.autograd.Function):
     """mean + sqrt(variance + EPSILON) * noise in one pass of ``kernels.c`` (in place in mean),
-    which also turns ``noise`` into d out / d variance = noise / (2 sqrt(variance + EPSILON)):
-    backward is one product, where autograd of the three ops takes two passes and two saved
-    tensors."""
+    which also writes d out / d variance = noise / (2 sqrt(variance + EPSILON)): backward is one
+    product, where autograd of the three ops takes two passes and two saved tensors. The noise
+    is ``noise`` (overwritten by that slope) or, if None, drawn in the same pass from
+    ``source``'s Philox counters."""
 
     @staticmethod
-    def forward(ctx, mean, variance, noise):  # type: ignore[override]
+    def forward(ctx, mean, variance, noise, source):  # type: ignore[override]
         lib, n = native.library(), mean.numel()
-        args = (mean.data_ptr(), variance.data_ptr(), noise.data_ptr(), n)
-        native.run_blocks(lambda next_block: lib.vd_sample(*args, next_block), n)
+        if noise is not None:
+            slope, args = noise, (mean.data_ptr(), variance.data_ptr(), noise.data_ptr(), n)
+            native.run_blocks(lambda next_block: lib.vd_sample(*args, next_block), n)
+        else:
+            slope = torch.empty_like(mean)
+            args = (mean.data_ptr(), variance.data_ptr(), slope.data_ptr(), n)
+            args += source.philox_counters(n)
+            native.run_blocks(lambda next_block: lib.vd_sample_philox(*args, next_block), n)
         ctx.mark_dirty(mean)
-        ctx.save_for_backward(noise)
+        ctx.save_for_backward(slope)
         return mean
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (slope,) = ctx.saved_tensors
-        return grad, grad * slope, None
+        return grad, grad * slope, None, None
 
 
 def sample_output(
-    mean: torch.Tensor, variance: torch.Tensor, noise: torch.Tensor | None = None
+    mean: torch.Tensor,
+    variance: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    source: NoiseSource | None = None,
 ) -> torch.Tensor:
     """Local reparameterisation: mean + sqrt(variance + EPSILON) * noise, noise ~ N(0, 1) per
-    output unit unless given (tests pass zeros or ones). ``mean`` and ``variance`` are consumed
-    (computed in place: neither op that made them keeps its output for backward), and so is a
-    given ``noise`` on the CPU."""
+    output unit: ``noise`` if given (tests pass zeros or ones), else drawn from ``source`` (else
+    the global generator). ``mean`` and ``variance`` are consumed (computed in place: neither op
+    that made them keeps its output for backward), and so is a given ``noise`` on the CPU."""
+    fused = native.applies(mean, variance)
+    if noise is None and source is not None and fused and source.device.type == "cpu":
+        return _NativeSample.apply(mean, variance, None, source)  # noise drawn in the pass
     if noise is None:
-        noise = torch.randn_like(mean)
-    if native.applies(mean, variance, noise):
-        return _NativeSample.apply(mean, variance, noise)
+        noise = source.normal_like(mean) if source is not None else torch.randn_like(mean)
+    if fused and native.applies(mean, noise):
+        return _NativeSample.apply(mean, variance, noise, None)
     return mean.addcmul_(variance.add_(EPSILON).sqrt_(), noise)
 
 
