@@ -130,20 +130,18 @@ class _NativeHardConcreteWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, log_alpha, noise, workspace, grad_scale):  # type: ignore[override]
-        lib, n = native.library(), theta.numel()
-        weight, partials = torch.empty_like(theta), native.partial_sums(n)
+        weight, n = torch.empty_like(theta), theta.numel()
         args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), weight.data_ptr())
-        args += (PENALTY_SHIFT, n)
-        native.run_blocks(lambda nb: lib.l0_forward(*args, nb, partials.data_ptr()), n)
+        penalty = native.run_summed(native.library().l0_forward, n, *args, PENALTY_SHIFT, n)
         ctx.save_for_backward(theta, log_alpha, noise)
         ctx.workspace, ctx.grad_scale = workspace, grad_scale
-        return weight, partials.sum().to(theta.dtype)
+        return weight, penalty.to(theta.dtype)
 
     @staticmethod
     def backward(ctx, grad_weight, grad_penalty):  # type: ignore[override]
         theta, log_alpha, noise = ctx.saved_tensors
         lib, n = native.library(), theta.numel()
-        grad_weight = torch.zeros_like(theta) if grad_weight is None else grad_weight.contiguous()
+        grad_weight = native.incoming(grad_weight, theta)
         grad_theta, grad_log_alpha = torch.empty_like(theta), torch.empty_like(log_alpha)
         g_pen = 0.0 if grad_penalty is None else float(grad_penalty)
         args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), grad_weight.data_ptr())

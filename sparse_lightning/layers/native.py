@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -189,10 +190,14 @@ def run_blocks(kernel: Callable[[ctypes.c_void_p], None], numel: int) -> None:
             future.result()
 
 
-def partial_sums(numel: int) -> torch.Tensor:
-    """One float64 slot per block, for a kernel's per-block sums."""
-    return torch.empty(-(-numel // BLOCK), dtype=torch.float64)
+def run_summed(kernel: Callable[..., None], numel: int, *args: Any) -> torch.Tensor:
+    """Run ``kernel(*args, next_block, partials)``, which writes one partial sum per block, over
+    ``numel`` elements; the total (float64, the same whichever threads ran which block)."""
+    partials = torch.empty(-(-numel // BLOCK), dtype=torch.float64)
+    run_blocks(lambda next_block: kernel(*args, next_block, partials.data_ptr()), numel)
+    return partials.sum()
 
 
-def pointer(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
+def incoming(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A backward's incoming gradient as the kernels read it: contiguous, zeros if None."""
+    return torch.zeros_like(like) if grad is None else grad.contiguous()

@@ -245,19 +245,18 @@ class _NativeVariationalTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, log_sigma2, new, workspace, grad_scale):  # type: ignore[override]
-        lib, n = native.library(), theta.numel()
-        sigma2, slope, partials = torch.empty_like(theta), new("slope"), native.partial_sums(n)
+        sigma2, slope, n = torch.empty_like(theta), new("slope"), theta.numel()
         args = (theta.data_ptr(), log_sigma2.data_ptr(), sigma2.data_ptr(), slope.data_ptr(), n)
-        native.run_blocks(lambda nb: lib.vd_forward(*args, nb, partials.data_ptr()), n)
+        kl = native.run_summed(native.library().vd_forward, n, *args)
         ctx.save_for_backward(theta, sigma2, slope)
         ctx.workspace, ctx.grad_scale = workspace, grad_scale
-        return sigma2, partials.sum().to(theta.dtype)
+        return sigma2, kl.to(theta.dtype)
 
     @staticmethod
     def backward(ctx, grad_sigma2, grad_kl):  # type: ignore[override]
         theta, sigma2, slope = ctx.saved_tensors
         lib, n = native.library(), theta.numel()
-        grad_sigma2 = torch.zeros_like(theta) if grad_sigma2 is None else grad_sigma2.contiguous()
+        grad_sigma2 = native.incoming(grad_sigma2, theta)
         grad_theta, grad_log_sigma2 = torch.empty_like(theta), torch.empty_like(theta)
         g_kl = 0.0 if grad_kl is None else float(grad_kl)
         args = (theta.data_ptr(), sigma2.data_ptr(), slope.data_ptr(), grad_sigma2.data_ptr())
