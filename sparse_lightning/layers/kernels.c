@@ -1,16 +1,16 @@
-/* Fused CPU kernels of the VD and l0 weight terms (float32, contiguous).
+/* Fused CPU kernels of the VD and l0 weight terms, their sampling and their random numbers
+ * (float32, contiguous).
  *
  * Why: on the CPU every PyTorch elementwise op is one pass over the weight tensor, and the VD
  * terms (sigma^2, the KL and their gradients) take about twenty of them; here each of forward
- * and backward is ONE pass that reads the parameters once and writes only its outputs.
- * Backward recomputes the transcendentals instead of saving tensors in forward: reading a saved
- * tensor costs more than the few multiplications that rebuild it, and nothing weight-sized
- * stays alive between forward and backward.
+ * and backward is ONE pass that reads its inputs once and writes only its outputs. What backward
+ * needs is whichever is cheaper: VD's forward keeps one slope per weight (so that backward has
+ * no transcendental), l0's backward recomputes its gates from the kept uniform draws.
  *
  * The math is that of variational_dropout.py and l0.py (the docstrings there give the formulas
- * and the gradients); tests check that both paths give the same values and gradients.
- * exp and log are written out (Cephes polynomials, ~1 ulp) so that the loops vectorise with any
- * C compiler and give the same numbers on every platform, with no vector math library.
+ * and the gradients); tests check both paths against autograd of the formulas.
+ * exp, log, sin and cos are written out (Cephes polynomials, ~1 ulp) so that the loops
+ * vectorise with any C compiler, with no vector math library.
  *
  * Work is split in blocks of BLOCK elements that the calling threads take in turn from a shared
  * counter; a sum is written as one partial per block, so it does not depend on which thread or
