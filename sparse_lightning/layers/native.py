@@ -1,17 +1,19 @@
 """The fused CPU kernels of ``kernels.c``: built with the system C compiler on first use, loaded
-with ctypes, and run over blocks of the weight tensor by a few threads.
+with ctypes, and run over blocks of the tensor on PyTorch's OpenMP threads.
 
 Why not a PyTorch extension: these loops need no PyTorch or Python headers, so a plain C file
-compiles in under a second, where a C++ extension against torch takes about a minute per
-machine; ctypes releases the GIL during a call, so Python threads run blocks in parallel.
-``torch.compile`` was measured on the same passes and was slower than eager PyTorch on the CPU.
+compiles in under two seconds, where a C++ extension against torch takes about a minute per
+machine. Linked against the OpenMP runtime PyTorch has loaded, the loops' parallel regions reuse
+PyTorch's threads; where there is none (or it does not link), a build without OpenMP runs its
+blocks on Python threads (ctypes releases the GIL during a call). ``torch.compile`` was measured
+on the same passes and was slower than eager PyTorch on the CPU.
 
-The library is built once per (source, compiler, CPU) into ``$SPARSE_LIGHTNING_CACHE`` (default
-``~/.cache/sparse_lightning``) under a name that hashes all three, written to a temporary name and
-renamed, so processes that start together (DDP ranks, a parallel sweep) and cluster nodes with
-different CPUs sharing one home directory never load a half-written or foreign library. With no
-compiler, or ``SPARSE_LIGHTNING_NATIVE=0``, the PyTorch formulation runs instead (same values and
-gradients, about twice the time); the reason is logged once.
+The library is built once per (source, compiler, CPU, runtime) into ``$SPARSE_LIGHTNING_CACHE``
+(default ``~/.cache/sparse_lightning``) under a name that hashes them, written to a temporary
+name and renamed, so processes that start together (DDP ranks, a parallel sweep) and cluster
+nodes with different CPUs sharing one home directory never load a half-written or foreign
+library. With no compiler, or ``SPARSE_LIGHTNING_NATIVE=0``, the PyTorch formulation runs
+instead (same formulas; its noise comes from PyTorch generators); the reason is logged once.
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def openmp_runtime() -> str | None:
     except OSError:
         return None
     for line in maps:
-        path = line.split()[-1] if len(line.split()) >= 6 else ""
-        if Path(path).name.startswith(OPENMP_RUNTIMES) and ".so" in Path(path).name:
-            return path
+        fields = line.split()
+        name = Path(fields[-1]).name if len(fields) >= 6 else ""
+        if name.startswith(OPENMP_RUNTIMES) and ".so" in name:
+            return fields[-1]
     return None
 
 

@@ -6,11 +6,12 @@ weight noise (l0: the same sub-network on every rank each step); and PyTorch's C
 fills a tensor serially, which for l0 (one uniform per weight per step) costs about a third of a
 dense resnet18 step on two cores.
 
-Uniform draws on the CPU (l0's one per weight per step) come from Philox4x32-10 in the fused
-kernels (``kernels.c``), keyed by (seed, rank): a counter-based generator has no state but the
-counter, so every block is computed independently, on PyTorch's threads, and the numbers depend
-only on (seed, rank, draw). Elsewhere (no C compiler, normal draws, accelerators) each tensor is
-split into ``STREAMS`` contiguous chunks and chunk i is always drawn from PyTorch generator i;
+Draws into contiguous float32 CPU tensors (l0's uniforms, one per weight per step; VD's normals,
+drawn inside its sampling pass) come from Philox4x32-10 in the fused kernels (``kernels.c``),
+keyed by (seed, rank): a counter-based generator has no state but the counter, so every block is
+computed independently, on PyTorch's threads, and the numbers depend only on (seed, rank, draw).
+Elsewhere (no C compiler, other dtypes, accelerators) each tensor is split into ``STREAMS``
+contiguous chunks and chunk i is always drawn from PyTorch generator i;
 on the CPU the chunks of large tensors are filled by a small thread pool (PyTorch releases the
 GIL in these kernels); on an accelerator one device generator draws the whole tensor (its
 kernels are parallel already). Both the counter and the generators' states are checkpointed.
@@ -72,7 +73,8 @@ class NoiseSource:
         self.philox_counter += -(-numel // (4 * native.PHILOX_LANES)) * native.PHILOX_LANES
         return (*self.philox_key, base)
 
-    def _philox(self, out: torch.Tensor) -> bool:
+    def draws_in_kernels(self, out: torch.Tensor) -> bool:
+        """Whether draws into ``out`` come from Philox in the kernels (else PyTorch generators)."""
         return self.device.type == "cpu" and native.applies(out)
 
     def _fill(self, out: torch.Tensor, draw) -> torch.Tensor:
@@ -108,7 +110,7 @@ class NoiseSource:
         grid of [1, 2), and
         u = low + (high - low)(f - 1) lies in [low, high). ``uniform_`` itself keeps 24 bits.
         """
-        if self._philox(out):
+        if self.draws_in_kernels(out):
             lib, n = native.library(), out.numel()
             args = (out.data_ptr(), n, *self.philox_counters(n), low, high)
             native.run_blocks(lambda next_block: lib.philox_uniform(*args, next_block), n)
@@ -122,7 +124,7 @@ class NoiseSource:
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` with N(0, 1) draws, in place: on the CPU (float32, contiguous) Box-Muller
         on Philox words, the numbers VD's fused sampling draws for the same counters."""
-        if self._philox(out):
+        if self.draws_in_kernels(out):
             lib, n = native.library(), out.numel()
             args = (out.data_ptr(), n, *self.philox_counters(n))
             native.run_blocks(lambda next_block: lib.philox_normal(*args, next_block), n)

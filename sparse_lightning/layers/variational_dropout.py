@@ -104,12 +104,12 @@ def sample_output(
     output unit: ``noise`` if given (tests pass zeros or ones), else drawn from ``source`` (else
     the global generator). ``mean`` and ``variance`` are consumed (computed in place: neither op
     that made them keeps its output for backward), and so is a given ``noise`` on the CPU."""
-    fused = native.applies(mean, variance)
-    if noise is None and source is not None and fused and source.device.type == "cpu":
-        return _NativeSample.apply(mean, variance, None, source)  # noise drawn in the pass
+    drawn_in_pass = noise is None and source is not None and source.draws_in_kernels(mean)
+    if drawn_in_pass and native.applies(mean, variance):
+        return _NativeSample.apply(mean, variance, None, source)
     if noise is None:
         noise = source.normal_like(mean) if source is not None else torch.randn_like(mean)
-    if fused and native.applies(mean, noise):
+    if native.applies(mean, variance, noise):
         return _NativeSample.apply(mean, variance, noise, None)
     return mean.addcmul_(variance.add_(EPSILON).sqrt_(), noise)
 
