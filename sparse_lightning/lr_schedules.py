@@ -4,6 +4,11 @@ Use them from config with ``_partial_: true``; the task module calls the partial
 optimiser and steps the scheduler after every optimiser step (``lr_scheduler_interval: step``).
 ``LambdaLR`` multiplies each parameter group's configured ``lr`` by the factor returned for the
 number of optimiser steps taken so far.
+
+``time_scale`` stretches a schedule in time: the factor at step t is the unstretched factor at
+t / time_scale. scratch-b trains ``init.budget_factor`` times the source's steps on the source's
+schedule stretched by that factor (the paper's scratch-b rows, ``rn50_scratch_lr_scaled.csv``),
+so the presets set ``time_scale: ${oc.select:init.budget_factor,1.0}``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sparse_lightning.errors import ConfigError
 
 
 def warmup_step_factor(
-    step: int,
+    step: float,
     steps_per_epoch: int,
     warmup_epochs: float = 5.0,
     decay_epochs: Sequence[float] = (30, 60, 80),
@@ -44,8 +49,11 @@ def warmup_step_decay(
     warmup_epochs: float = 5.0,
     decay_epochs: Sequence[float] = (30, 60, 80),
     gamma: float = 0.1,
+    time_scale: float = 1.0,
 ) -> LambdaLR:
-    """Linear warm-up, then x ``gamma`` at each of ``decay_epochs`` (see ``warmup_step_factor``)."""
+    """Linear warm-up, then x ``gamma`` at each of ``decay_epochs`` (see ``warmup_step_factor``),
+    stretched by ``time_scale``."""
+    _check_time_scale(time_scale)
     if steps_per_epoch < 1:
         raise ConfigError(f"steps_per_epoch={steps_per_epoch} must be >= 1")
     if warmup_epochs < 0:
@@ -55,12 +63,14 @@ def warmup_step_decay(
     epochs = [float(e) for e in decay_epochs]
     return LambdaLR(
         optimizer,
-        lambda step: warmup_step_factor(step, steps_per_epoch, warmup_epochs, epochs, gamma),
+        lambda step: warmup_step_factor(
+            step / time_scale, steps_per_epoch, warmup_epochs, epochs, gamma
+        ),
     )
 
 
 def inverse_sqrt_factor(
-    step: int, d_model: int, warmup_steps: int = 8000, scale: float = 2.0
+    step: float, d_model: int, warmup_steps: int = 8000, scale: float = 2.0
 ) -> float:
     """Vaswani et al. (2017) / tensor2tensor ``rsqrt_decay`` with linear warm-up:
 
@@ -71,10 +81,23 @@ def inverse_sqrt_factor(
 
 
 def inverse_sqrt(
-    optimizer: torch.optim.Optimizer, d_model: int, warmup_steps: int = 8000, scale: float = 2.0
+    optimizer: torch.optim.Optimizer,
+    d_model: int,
+    warmup_steps: int = 8000,
+    scale: float = 2.0,
+    time_scale: float = 1.0,
 ) -> LambdaLR:
-    """The Transformer schedule (see ``inverse_sqrt_factor``); set the optimiser's lr to 1.0 so
-    that the factor is the learning rate itself."""
+    """The Transformer schedule (see ``inverse_sqrt_factor``), stretched by ``time_scale``; set
+    the optimiser's lr to 1.0 so that the factor is the learning rate itself."""
+    _check_time_scale(time_scale)
     if d_model < 1 or warmup_steps < 1:
         raise ConfigError(f"d_model={d_model} and warmup_steps={warmup_steps} must both be >= 1")
-    return LambdaLR(optimizer, lambda step: inverse_sqrt_factor(step, d_model, warmup_steps, scale))
+    return LambdaLR(
+        optimizer,
+        lambda step: inverse_sqrt_factor(step / time_scale, d_model, warmup_steps, scale),
+    )
+
+
+def _check_time_scale(time_scale: float) -> None:
+    if not time_scale > 0:
+        raise ConfigError(f"time_scale={time_scale} must be > 0 (init.budget_factor)")

@@ -78,12 +78,20 @@ def build_transformer(
 def init_t2t_(model: nn.Module, d_model: int) -> None:
     """Glorot-uniform linear layers, zero biases, N(0, d^-0.5) trainable embeddings (in place).
 
-    Frozen tables (the sinusoidal positions) are left untouched.
+    The output layer tied to the embedding is an embedding here: its table keeps N(0, d^-0.5),
+    as tensor2tensor's shared embedding / softmax (sparse_modalities._get_weights), not Glorot
+    (which would start a 32k x 512 table 5.6x smaller). Frozen tables (the sinusoidal positions)
+    are left untouched.
     """
+    embeddings = {
+        id(m.weight) for m in model.modules() if type(m) is nn.Embedding and m.weight.requires_grad
+    }
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            nn.init.xavier_uniform_(module.weight)
+            if id(module.weight) not in embeddings:
+                nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif type(module) is nn.Embedding and module.weight.requires_grad:
+    for module in model.modules():
+        if type(module) is nn.Embedding and module.weight.requires_grad:
             nn.init.normal_(module.weight, mean=0.0, std=d_model**-0.5)

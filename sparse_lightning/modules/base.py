@@ -9,12 +9,38 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers.reparameterise import optimizer_groups
 from sparse_lightning.masks import add_missing_mask_buffers
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 LossTerm = Callable[[], torch.Tensor]
+WEIGHT_DECAY_ON = ("all", "kernels")
+
+
+def kernels_only_decay(module: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``groups`` with weight decay kept only on conv and linear kernels: every other parameter
+    of a decayed group (norm scales and shifts, biases, embeddings) moves to a group with
+    ``weight_decay`` 0. The reference ResNet-50 (``sparse_rn50/resnet_model.py``) puts its L2
+    regulariser on conv and fully connected kernels only."""
+    kernels = {
+        id(m.weight)
+        for m in module.modules()
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+        and isinstance(getattr(m, "weight", None), nn.Parameter)
+    }
+    split: list[dict[str, Any]] = []
+    for group in groups:
+        if group.get("weight_decay", None) == 0.0:
+            split.append(group)
+            continue
+        decayed = [p for p in group["params"] if id(p) in kernels]
+        undecayed = [p for p in group["params"] if id(p) not in kernels]
+        split.append({**group, "params": decayed})
+        if undecayed:
+            split.append({**group, "params": undecayed, "weight_decay": 0.0})
+    return split
 
 
 class SparseTaskModule(pl.LightningModule):
@@ -31,8 +57,15 @@ class SparseTaskModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         lr_scheduler: SchedulerFactory | None = None,
         lr_scheduler_interval: str = "step",
+        weight_decay_on: str = "all",
     ) -> None:
         super().__init__()
+        if weight_decay_on not in WEIGHT_DECAY_ON:
+            raise ConfigError(
+                f"task.weight_decay_on={weight_decay_on!r} is not one of "
+                f"{', '.join(WEIGHT_DECAY_ON)}"
+            )
+        self.weight_decay_on = weight_decay_on
         self.model = model
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -57,7 +90,10 @@ class SparseTaskModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(optimizer_groups(self))  # VD/l0 params: no decay
+        groups = optimizer_groups(self)  # VD/l0 params: no decay
+        if self.weight_decay_on == "kernels":
+            groups = kernels_only_decay(self, groups)
+        optimizer = self.optimizer_factory(groups)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

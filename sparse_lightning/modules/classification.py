@@ -13,7 +13,10 @@ from sparse_lightning.modules.base import OptimizerFactory, SchedulerFactory, Sp
 
 
 class ClassificationModule(SparseTaskModule):
-    """Logs ``{stage}/loss`` and ``{stage}/acc`` (top-1, synced across ranks) for val and test."""
+    """Logs ``{stage}/loss`` and ``{stage}/acc`` (top-1, synced across ranks) for val and test.
+
+    ``weight_decay_on="kernels"`` keeps the optimiser's weight decay on conv and linear kernels
+    only (see ``kernels_only_decay``)."""
 
     def __init__(
         self,
@@ -24,8 +27,9 @@ class ClassificationModule(SparseTaskModule):
         lr_scheduler_interval: str = "step",
         label_smoothing: float = 0.0,
         top5: bool = False,
+        weight_decay_on: str = "all",
     ) -> None:
-        super().__init__(model, optimizer, lr_scheduler, lr_scheduler_interval)
+        super().__init__(model, optimizer, lr_scheduler, lr_scheduler_interval, weight_decay_on)
         self.label_smoothing = label_smoothing
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
