@@ -183,6 +183,49 @@ def test_augmented_std_matches_the_formula(kind, sparsity):
     assert abs(kept.mean().item()) < 4 * expected / math.sqrt(kept.numel())
 
 
+def expected_augmented_std(name: str, shape: tuple[int, ...], density: float) -> float:
+    """The paper's rules typed out for cnn1d's layers (Gale et al. 2019, sec. 5.1)."""
+    if len(shape) == 3:  # Conv1d (C_out, C_in, k): He normal, sqrt(2 / ((1 - s) k C_out))
+        return math.sqrt(2 / (density * shape[2] * shape[0]))
+    fan_out, fan_in = shape  # Linear: sparse Glorot uniform, limit / sqrt(3)
+    nnz = density * fan_in * fan_out
+    return math.sqrt(6 / (nnz / fan_out + nnz / fan_in)) / math.sqrt(3)
+
+
+def test_an_augmented_run_starts_each_masked_layer_at_the_papers_std(stage1, stage2):
+    """init.pt of the real CLI run, layer by layer: augmented follows the formulas, where
+    scratch-e (the model's own init) does not."""
+    masks = load(stage1, "masks.pt")
+    augmented, scratch = load(stage2["augmented"], "init.pt"), load(stage2["scratch_e"], "init.pt")
+    checked = 0
+    for name, keep in masks.items():
+        n = int(keep.sum())
+        if n < 400:  # too few kept weights for a sample std within a few percent
+            continue
+        expected = expected_augmented_std(name, tuple(keep.shape), n / keep.numel())
+        se = expected * math.sqrt(0.8 / (4 * n)) if keep.dim() == 2 else expected / math.sqrt(2 * n)
+        assert abs(augmented[name][keep].double().std().item() - expected) < 5 * se, name
+        assert abs(scratch[name][keep].double().std().item() - expected) > 10 * se, name
+        checked += 1
+    assert checked >= 3
+
+
+def test_rewinding_through_the_cli_starts_training_from_rewind_pt(stage1, tmp_path):
+    run = tmp_path / "rewound"
+    run_cli(
+        run, *TINY, "init=lottery", f"init.mask_from='{stage1}'", f"init.rewind_step={REWIND_STEP}"
+    )
+    _, rewound = load_rewind(stage1 / "rewind.pt")
+    start, masks = load(run, "init.pt"), load(stage1, "masks.pt")
+    assert rewound.keys() == start.keys()
+    for name, tensor in rewound.items():
+        keep = masks.get(name, torch.ones_like(tensor, dtype=torch.bool))
+        assert torch.equal(start[name][keep], tensor[keep]), name
+        if name in masks:
+            assert bool((start[name][~keep] == 0).all())
+    assert results(run)["rewind_step"] == REWIND_STEP
+
+
 def test_augmented_refuses_a_layer_it_has_no_rule_for():
     norm = nn.LayerNorm(8)
     with pytest.raises(ConfigError, match="LayerNorm"):
