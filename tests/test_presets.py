@@ -70,11 +70,7 @@ def test_every_tuning_file_belongs_to_a_preset_and_a_method():
 @pytest.mark.parametrize("experiment", PRESETS)
 @pytest.mark.parametrize("method", ["variational_dropout", "l0"])
 @pytest.mark.parametrize("level", ["50", "60", "70", "80", "90", "95", "98"])
-def test_regularised_methods_take_the_papers_settings_at_every_level(experiment, method, level):
+def test_regularised_methods_fit_the_budget_at_every_level(experiment, method, level):
+    """The values themselves are checked against the authors' runs in test_paper_fidelity."""
     cfg, callback = method_of(experiment, method, level)
-    tuned = cfg.sparsity[experiment]["vd" if method == "variational_dropout" else "l0"]
-    weight = callback.reg_weight
-    assert weight == pytest.approx(
-        tuned["kl_weight" if method == "variational_dropout" else "weight"]
-    )
     callback.check_budget(cfg.trainer.max_steps)
