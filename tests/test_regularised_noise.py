@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 
 from sparse_lightning.callbacks import L0Regularization, VariationalDropout
-from sparse_lightning.layers import l0, noise
+from sparse_lightning.layers import l0, native, noise
 from sparse_lightning.layers import variational_dropout as vd
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.workspace import Workspace
@@ -31,11 +31,24 @@ def test_same_seed_and_rank_draw_the_same_numbers_and_other_ranks_other_numbers(
         assert not torch.equal(a, b)
 
 
-def test_the_numbers_do_not_depend_on_threads(monkeypatch):
-    parallel = draws(NoiseSource(7))
-    monkeypatch.setattr(noise, "PARALLEL_MIN_NUMEL", BIG * 2)  # now drawn in the calling thread
-    serial = draws(NoiseSource(7))
-    for a, b in zip(parallel, serial):
+@pytest.mark.parametrize("kernels", [True, False], ids=["philox-kernels", "pytorch-generators"])
+def test_the_numbers_do_not_depend_on_threads(monkeypatch, kernels):
+    """Each path as it runs: the kernels on 1 and 3 OpenMP threads; PyTorch's generators drawn
+    in the calling thread and by the thread pool."""
+    if not kernels:
+        monkeypatch.setattr(native, "library", lambda: None)
+    elif native.library() is None:
+        pytest.skip("no C compiler: the kernels cannot be built")
+    assert NoiseSource(7).draws_in_kernels(torch.empty(BIG)) is kernels
+    before, runs = torch.get_num_threads(), []
+    try:
+        for threads, parallel_min in [(1, BIG * 2), (3, 1)]:
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(noise, "PARALLEL_MIN_NUMEL", parallel_min)
+            runs.append(draws(NoiseSource(7)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*runs):
         assert torch.equal(a, b)
 
 
