@@ -4,8 +4,11 @@ Writes into the folder (or ``--out``):
 - ``results.csv``: one row per run;
 - ``results.md``: per model/data/init, the paper's table layout: rows target sparsity, columns
   method, cells mean +- sample std over seeds (the dense baseline on a line above the table);
+  for a paper model, the paper's table below it when the metric is the paper's;
 - ``tradeoff.png``: metric vs achieved sparsity, one line per method; for a paper model
-  (ResNet-50, Transformer) the paper's numbers dashed beside it (sparse_lightning.paper_results);
+  (ResNet-50, Transformer) the paper's numbers dashed beside it (sparse_lightning.paper_results)
+  when the metric is the one the paper reports, never another (sacreBLEU is not the paper's
+  tokenised BLEU);
 - ``layers.png``: per-layer sparsity per method (the paper's layer-distribution figure).
 Runs whose results.json cannot be read, or is of an older format, are skipped and listed.
 """
@@ -39,7 +42,13 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "layer_sparsity": dict,
     "metrics": dict,
 }
-MAIN_METRICS = ("test/bleu", "test/acc")  # the paper's metric, where a run has it
+# the paper's metric, where a run has it: its BLEU is the tokenised one (bleu_tok)
+MAIN_METRICS = ("test/bleu_tok", "test/bleu", "test/acc")
+# what each metric is, by the name after "{stage}/" (modules/translation.py logs both BLEUs)
+METRIC_NOTES = {
+    "bleu": "sacreBLEU, detokenised, 13a",
+    "bleu_tok": "tokenised BLEU: Moses + compound split, multi-bleu, as the paper reports",
+}
 METHOD_ORDER = ("magnitude", "random", "variational_dropout", "l0")
 DENSE = "dense"
 CSV_FIELDS = (
@@ -139,6 +148,13 @@ def display_scale(metric: str) -> float:
     return 100.0 if metric.rsplit("/", 1)[-1].startswith("acc") else 1.0
 
 
+def metric_label(metric: str, scale: float = 1.0) -> str:
+    """``metric`` with its unit and, for BLEU, which BLEU it is."""
+    unit = f"{metric} (%)" if scale == 100.0 else metric
+    note = METRIC_NOTES.get(metric.rsplit("/", 1)[-1])
+    return f"{unit} [{note}]" if note else unit
+
+
 def methods_of(runs: Iterable[Run]) -> list[str]:
     names = {run.method for run in runs if not run.dense}
     ordered = [m for m in METHOD_ORDER if m in names]
@@ -170,7 +186,8 @@ def markdown(runs: Sequence[Run], metric: str, skipped: Sequence[tuple[Path, str
     """The paper's table layout, one table per model/data/init, and beside it the sparsity each
     cell reached (VD and l0 set sparsity through their regulariser, not the target)."""
     scale = display_scale(metric)
-    unit = f"{metric} (%)" if scale == 100.0 else metric
+    unit = metric_label(metric, scale)
+    tables = paper_results.load()
     lines = ["# Sweep results", ""]
     for (model, data, init), group in by_group(runs).items():
         lines += [f"## {model} on {data}, init {init}: {unit}, mean ± std over seeds", ""]
@@ -182,6 +199,7 @@ def markdown(runs: Sequence[Run], metric: str, skipped: Sequence[tuple[Path, str
             lines += _table(sparse, lambda r: r.results["metrics"][metric], scale)
             lines += ["Achieved sparsity (%) of the runs above:", ""]
             lines += _table(sparse, lambda r: r.results["sparsity"], 100.0)
+        lines += _paper_table(paper_results.table_for(model, tables), metric, scale)
     if skipped:
         lines += [f"## Skipped runs ({len(skipped)})", ""]
         lines += [f"- `{path}`: {reason}" for path, reason in skipped] + [""]
@@ -197,6 +215,27 @@ def _table(runs: Sequence[Run], value: Callable[[Run], float], scale: float) -> 
     lines = ["| sparsity | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for target in sorted({t for t, _ in cells}):
         row = [format_cell(cells.get((target, m), []), scale) for m in methods]
+        lines += [f"| {target:g} | " + " | ".join(row) + " |"]
+    return [*lines, ""]
+
+
+def _paper_table(table: paper_results.PaperTable | None, metric: str, scale: float) -> list[str]:
+    """The paper's numbers for this model, only when they are the same metric as ``metric``;
+    otherwise one line saying which metric they are."""
+    if table is None:
+        return []
+    if table.metric != metric:
+        return [
+            f"The paper's numbers for this model are {metric_label(table.metric)}; they are not "
+            f"set beside {metric} (`--metric {table.metric}` shows them).",
+            "",
+        ]
+    columns = list(table.values)
+    lines = [f"Paper (Gale et al. 2019), {table.caption}; {metric_label(metric, scale)}:", ""]
+    lines += ["| sparsity | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for target in sorted({t for values in table.values.values() for t in values}):
+        cells = [table.values[c].get(target) for c in columns]
+        row = ["-" if v is None else f"{v * table.scale * scale:.2f}" for v in cells]
         lines += [f"| {target:g} | " + " | ".join(row) + " |"]
     return [*lines, ""]
 
@@ -244,6 +283,9 @@ def plot_tradeoff(runs: Sequence[Run], metric: str, path: Path) -> list[str]:
         if dense:
             ax.axhline(scale * statistics.fmean(dense), color="grey", linestyle=":", label="dense")
         table = paper_results.table_for(model, tables)
+        if table is not None and table.metric != metric:
+            ax.text(0.01, 0.01, f"paper's numbers are {table.metric}: not drawn", fontsize=7,
+                    transform=ax.transAxes)  # fmt: skip
         if table is not None and table.metric == metric:
             for column, values in table.values.items():
                 method = paper_results.METHODS.get(column, column)
@@ -253,7 +295,7 @@ def plot_tradeoff(runs: Sequence[Run], metric: str, path: Path) -> list[str]:
                         label=f"paper: {column}")  # fmt: skip
         ax.set_title(f"{model} on {data} ({init})")
         ax.set_xlabel("achieved sparsity (%)")
-        ax.set_ylabel(f"{metric} (%)" if scale == 100.0 else metric)
+        ax.set_ylabel(metric_label(metric, scale), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         labels += ax.get_legend_handles_labels()[1]
@@ -336,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sparse-report", description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a sweep folder, e.g. multirun/<date>/<time>")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: folder)")
-    parser.add_argument("--metric", default=None, help="metric key (default: test/bleu, test/acc)")
+    parser.add_argument(
+        "--metric", default=None, help="metric key (default: test/bleu_tok, test/bleu, test/acc)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.outputs import MASKS_FILE, RESULTS_FILE, write_json
@@ -106,7 +106,9 @@ class RunFolderGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            _check_same_run(Path(config.hydra.run.dir), list(config.hydra.overrides.task))
+            # unresolved: an override's value may itself be a (bad) interpolation, `seed=${x}`
+            overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+            _check_same_run(Path(config.hydra.run.dir), list(overrides))
         except ConfigError as error:
             print(f"sparse-train: error: {error}", file=sys.stderr)
             sys.exit(2)

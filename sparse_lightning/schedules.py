@@ -53,6 +53,16 @@ class PolynomialSchedule:
             + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
         )
 
+    def progress_at(self, step: int) -> float:
+        """How far ``step`` is along the schedule's curve: 0 up to ``begin_step``, then
+        1 - (1 - (t - t_0) / (t_end - t_0)) ** power, 1 from ``end_step`` on."""
+        if step <= self.begin_step:
+            return 0.0
+        if step >= self.end_step:
+            return 1.0
+        progress = (step - self.begin_step) / (self.end_step - self.begin_step)
+        return 1.0 - (1.0 - progress) ** self.power
+
     def is_update_step(self, step: int) -> bool:
         """Whether masks are recomputed after ``step`` optimiser steps."""
         if step < self.begin_step or step > self.end_step:

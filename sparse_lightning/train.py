@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -23,7 +27,8 @@ from sparse_lightning.callbacks.finite_loss import FiniteLossGuard, NonFiniteLos
 from sparse_lightning.callbacks.rng_state import RngStateCheckpoint
 from sparse_lightning.callbacks.sparsity_monitor import publish_results
 from sparse_lightning.checkpoint_io import AtomicCheckpointIO
-from sparse_lightning.errors import ConfigError
+from sparse_lightning.data.token_batches import accumulation_steps
+from sparse_lightning.errors import ConfigError, UsageError, describe_bad_input, one_line
 from sparse_lightning.launch import check_launcher
 from sparse_lightning.layers import strip_reparameterisation as plain_parameters
 from sparse_lightning.lottery import prepare_init
@@ -56,6 +61,8 @@ OmegaConf.register_new_resolver(
     lambda v, num, den=1: int(round(v * num / den)) if isinstance(v, int) else v * num / den,
     replace=True,
 )
+# micro-batches per step that make a fixed global token batch on any device count
+OmegaConf.register_new_resolver("accumulation", accumulation_steps, replace=True)
 OmegaConf.register_new_resolver("unquote", lambda text: str(text).replace("'", ""), replace=True)
 
 # Config groups whose option names are numbers (`sparsity=90`); Hydra's override grammar reads
@@ -86,6 +93,23 @@ def build(cfg: DictConfig, name: str, **kwargs: Any) -> Any:
         raise
 
 
+def fit_model_to_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Model settings only the prepared data knows (a trained tokenizer's real vocabulary size,
+    ``datamodule.model_settings()``) replace the configured ones in ``cfg.model``, so the model,
+    every rebuilt copy of it and the logged config agree with the data."""
+    for key, value in getattr(datamodule, "model_settings", dict)().items():
+        if key not in cfg.model:
+            raise ConfigError(f"data sets model.{key}, which model={cfg.model._target_} lacks")
+        cfg.model[key] = value
+
+
+def config_error_in(error: BaseException) -> ConfigError | None:
+    """The ConfigError a config resolver raised, which OmegaConf re-raises as its own error."""
+    while error is not None and not isinstance(error, ConfigError):
+        error = error.__context__
+    return error
+
+
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
     """The `callbacks` group is a dict of named entries; a null entry is switched off.
 
@@ -100,6 +124,7 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One run; returns the results that were written to ``results.json``."""
     check_launcher(cfg)
+    OmegaConf.to_container(cfg.trainer, resolve=True)  # a derived value (global_tokens) fails now
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
@@ -117,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"method: {error}") from None
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg, "data")
+    fit_model_to_data(cfg, datamodule)
     model = build(cfg, "model")
     module = build(cfg, "task", model=model)
     mask_set = method.attach(model)
@@ -194,24 +220,105 @@ def print_summary(run_dir: Path, results: dict[str, Any]) -> None:
     )
 
 
+# Hydra prints its own multi-line report of a bad override and exits 1 unless HYDRA_FULL_ERROR=1,
+# when it raises instead: `main` sets it, so every error reaches the handlers below, and keeps the
+# user's own setting in USER_FULL_ERROR, which child processes (DDP, submitit) inherit.
+FULL_ERROR = "HYDRA_FULL_ERROR"
+USER_FULL_ERROR = "SPARSE_TRAIN_FULL_ERROR"
+
+
+def full_errors() -> bool:
+    """Whether the user asked for Hydra's full tracebacks (HYDRA_FULL_ERROR=1)."""
+    return os.environ.get(USER_FULL_ERROR, os.environ.get(FULL_ERROR)) == "1"
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """Stop with one line on stderr: ``sparse-train: error: <message>``."""
+    print(f"sparse-train: error: {one_line(message)}", file=sys.stderr)
+    sys.exit(status)
+
+
+def is_bad_input(error: BaseException) -> bool:
+    """Hydra and OmegaConf errors about the config itself, and a constructor that refused a
+    config value (ValueError, TypeError); any other error is a bug and keeps its traceback."""
+    if isinstance(error, InstantiationException):
+        return isinstance(error.__cause__, (ValueError, TypeError))
+    return isinstance(error, (HydraException, OmegaConfBaseException))
+
+
 def _run(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except ConfigError as error:
-        print(f"sparse-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error))
+    except InterpolationResolutionError as error:
+        cause = config_error_in(error)
+        if cause is not None:
+            fail(str(cause))
+        if full_errors():
+            raise
+        fail(describe_bad_input(error))
     except NonFiniteLossError as error:
-        print(f"sparse-train: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(error), status=1)
+    except (HydraException, OmegaConfBaseException) as error:
+        if full_errors() or not is_bad_input(error):
+            raise
+        fail(describe_bad_input(error))
 
 
 _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_run)
 
 
+def check_arguments(argv: list[str]) -> None:
+    """Parse the command line as Hydra will, raising UsageError where argparse would print its
+    usage text (``--version`` prints and exits as it does in Hydra)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message: str) -> NoReturn:
+        raise UsageError(message)
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def main() -> None:
-    """Console script `sparse-train`."""
-    sys.argv = [sys.argv[0], *quote_numeric_choices(sys.argv[1:])]
-    _hydra_main()
+    """Console script `sparse-train`.
+
+    Every bad input (a malformed command line, an unknown config option or key, a value a check
+    refuses) ends in one line ``sparse-train: error: ...`` on stderr and exit status 2, before
+    training starts. HYDRA_FULL_ERROR=1 shows Hydra's and OmegaConf's errors with their
+    traceback instead; any other error is a bug and always shows its full traceback.
+    """
+    argv = quote_numeric_choices(sys.argv[1:])
+    sys.argv = [sys.argv[0], *argv]
+    full = full_errors()
+    with environment(**{FULL_ERROR: "1", USER_FULL_ERROR: "1" if full else "0"}):
+        try:
+            check_arguments(argv)
+            _hydra_main()
+        except ConfigError as error:
+            fail(str(error))
+        except (HydraException, OmegaConfBaseException) as error:
+            if full:
+                raise
+            fail(describe_bad_input(error))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,32 @@
-"""Shared test setup: offline W&B, few threads, and a helper that runs the real entry point."""
+"""Shared test setup: offline W&B, one thread, compact Hydra errors, and the helpers that run the
+real entry point (in its own process, or in this one)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+# Set, not defaulted: a user's own HYDRA_FULL_ERROR=1 or WANDB_MODE=online must not change what
+# the tests see (tracebacks instead of one-line errors, runs uploaded).
+TEST_ENV = {
+    "OMP_NUM_THREADS": "1",  # tests share 2 cores, and oversubscribed OpenMP threads spin
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "HYDRA_FULL_ERROR": "0",
+}
+UNSET = ("WANDB_API_KEY", "SPARSE_TRAIN_FULL_ERROR")
+TIMEOUT_S = 300  # a tiny run takes seconds; a hung child fails the test instead of the suite
+
+os.environ.update(TEST_ENV)
+for _name in UNSET:
+    os.environ.pop(_name, None)
 torch.set_num_threads(1)
 
 TINY = [
@@ -23,12 +38,37 @@ TINY = [
 ]
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of every child process a test starts: TEST_ENV over this one's."""
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    return {**env, **TEST_ENV, **extra}
+
+
+def sparse_train(*args: str) -> list[str]:
+    """The `sparse-train` command line, run by this interpreter."""
+    return [sys.executable, "-m", "sparse_lightning.train", *args]
+
+
+def run_command(
+    cmd: Sequence[str], timeout: float = TIMEOUT_S, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    """Run ``cmd`` as every subprocess test does: ``subprocess_env()``, output captured as
+    text, no stdin (nothing may prompt), and a timeout."""
+    kwargs.setdefault("env", subprocess_env())
+    return subprocess.run(
+        list(cmd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+
+
 def run_cli(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `sparse-train` as a user would, in its own process, into ``run_dir``."""
-    cmd = [sys.executable, "-m", "sparse_lightning.train", f"hydra.run.dir={run_dir}", *overrides]
-    # One thread per run: tests share 2 cores, and oversubscribed OpenMP threads spin.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    cmd = sparse_train(f"hydra.run.dir={run_dir}", *overrides)
+    result = run_command(cmd)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -9,6 +9,7 @@ FC kernels only), ``sparse_transformer/layers/sparse_modalities.py`` (embedding 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -116,7 +117,9 @@ RN50_VD = {
 }
 
 
+@functools.cache
 def composed(*overrides: str):
+    """The composed config (cached: several tests read the same one; none changes it)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", list(overrides))
 

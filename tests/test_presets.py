@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 
 from sparse_lightning.callbacks import DenseBaseline, L0Regularization, VariationalDropout
 from sparse_lightning.train import CONF_DIR
+from tests.conftest import run_in_process
 
 METHODS = ["dense", "magnitude", "random", "variational_dropout", "l0"]
 PRESETS = {  # the MP schedule at 90 % as fractions of the run (every level: test_paper_fidelity)
@@ -74,3 +75,34 @@ def test_regularised_methods_fit_the_budget_at_every_level(experiment, method, l
     """The values themselves are checked against the authors' runs in test_paper_fidelity."""
     cfg, callback = method_of(experiment, method, level)
     callback.check_budget(cfg.trainer.max_steps)
+
+
+# The reference's global batch, typed from the authors' code: tensor2tensor batch_size 2048
+# padded tokens per core (state_of_sparsity sparse_transformer.py, sparse_transformer_*_tpu
+# hparams) on a TPU of 8 cores.
+REFERENCE_GLOBAL_TOKENS = 2048 * 8
+
+
+@pytest.mark.parametrize("devices", [1, 2, 8])
+def test_the_transformer_preset_steps_on_the_references_global_batch(devices):
+    trainer = "ddp" if devices > 1 else "default"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            ["experiment=sos_transformer", f"trainer={trainer}", f"trainer.devices={devices}"],
+        )
+    t = cfg.trainer
+    tokens = cfg.data.max_tokens * t.devices * t.num_nodes * t.accumulate_grad_batches
+    assert tokens == REFERENCE_GLOBAL_TOKENS == 16384
+    # validation every 2 % of the optimiser steps, whatever the accumulation
+    assert t.val_check_interval == 0.02 * t.max_steps * t.accumulate_grad_batches
+
+
+@pytest.mark.parametrize(
+    "overrides", [["trainer.devices=3"], ["data.max_tokens=3000"], ["trainer.num_nodes=16"]]
+)
+def test_a_global_batch_that_does_not_divide_stops_with_one_line(overrides, tmp_path, capsys):
+    code = run_in_process(tmp_path, "experiment=sos_transformer", "data.root=/nowhere", *overrides)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("sparse-train: error: global_tokens=16384 is not a whole multiple")

@@ -1,16 +1,32 @@
 """A run killed with SIGKILL and launched again finishes exactly as an uninterrupted run."""
 
+from __future__ import annotations
+
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
+from pathlib import Path
+from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_command, sparse_train, subprocess_env
+
+KILL_AT = "SPARSE_TRAIN_TEST_SIGKILL_AT_STEP"
+
+
+class SigkillAt(pl.Callback):
+    """The process kills itself with SIGKILL right after optimiser step $SPARSE_TRAIN_TEST_
+    SIGKILL_AT_STEP (before that step's checkpoint, if one is due); without it, does nothing.
+    Every run here carries it, so the killed run and its rerun have the same command line."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_) -> None:
+        step = os.environ.get(KILL_AT)
+        if step is not None and trainer.global_step == int(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
 
 RUN = [
     "trainer.max_steps=160",
@@ -20,49 +36,42 @@ RUN = [
     "data.batch_size=32",
     "logger=none",
     "callbacks.checkpoint.every_n_train_steps=20",
+    "+callbacks.sigkill._target_=tests.test_resume.SigkillAt",
 ]
 
 
-def results_and_masks(run_dir):
+def results_and_masks(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     results = json.loads((run_dir / "results.json").read_text())
     return results, torch.load(run_dir / "masks.pt")
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     run_cli(run_dir, *RUN)
     return results_and_masks(run_dir)
 
 
-def kill_after_first_checkpoint(run_dir) -> None:
-    cmd = [sys.executable, "-m", "sparse_lightning.train", f"hydra.run.dir={run_dir}", *RUN]
-    # The same thread count as run_cli's runs: CPU kernels reduce in a thread-dependent order.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+def killed_at_step(run_dir: Path, step: int) -> None:
+    """Start the run and let it SIGKILL itself after optimiser step ``step``."""
+    cmd = sparse_train(f"hydra.run.dir={run_dir}", *RUN)
+    result = run_command(cmd, env=subprocess_env(**{KILL_AT: str(step)}))
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert not (run_dir / "results.json").exists()
 
 
 def test_killed_run_resumes_with_the_same_command_and_matches_an_uninterrupted_run(
     tmp_path, uninterrupted
 ):
-    kill_after_first_checkpoint(tmp_path)
-    step_at_kill = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)[
-        "global_step"
-    ]
-    assert 0 < step_at_kill < 160
+    """Killed after step 50: the checkpoint of step 40 is the last one, 10 steps are redone."""
+    killed_at_step(tmp_path, 50)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 40
 
     run_cli(tmp_path, *RUN)  # the same command again
     results, masks = results_and_masks(tmp_path)
     expected_results, expected_masks = uninterrupted
-    assert results["resumed_from_step"] == step_at_kill
+    assert results["resumed_from_step"] == 40
     assert expected_results["resumed_from_step"] == 0
     assert results["steps"] == expected_results["steps"] == 160
     assert results["metrics"] == expected_results["metrics"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from sparse_lightning import report
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.launch import LauncherCheck, check_launcher
 from sparse_lightning.train import CONF_DIR
-from tests.conftest import TINY
+from tests.conftest import TINY, run_command, sparse_train
 
 
 def options() -> list[tuple[str, str]]:
@@ -141,10 +140,8 @@ def test_sweep_stops_before_launching_with_one_line(capsys: pytest.CaptureFixtur
 # -- real sweeps -----------------------------------------------------------------------------
 def multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`sparse-train -m ...` as a user runs it, into ``sweep_dir``."""
-    cmd = [sys.executable, "-m", "sparse_lightning.train", "-m", f"hydra.sweep.dir={sweep_dir}"]
-    result = subprocess.run(
-        [*cmd, *overrides], capture_output=True, text=True, timeout=600, cwd=sweep_dir.parent
-    )
+    cmd = sparse_train("-m", f"hydra.sweep.dir={sweep_dir}", *overrides)
+    result = run_command(cmd, timeout=600, cwd=sweep_dir.parent)  # several runs
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 

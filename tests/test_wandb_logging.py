@@ -4,10 +4,7 @@ sparsity monitor with any logger, in-process."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from wandb.proto import wandb_internal_pb2
 from sparse_lightning.callbacks import MagnitudePruning
 from sparse_lightning.callbacks.sparsity_monitor import SparsityMonitor
 from sparse_lightning.modules import ClassificationModule
-from tests.conftest import TINY
+from tests.conftest import TINY, run_command, sparse_train
 
 BLOCK = 32768  # W&B's .wandb file: a LevelDB-style log of wandb_internal_pb2.Record messages
 HEADER = 7  # file header ":W&B" + magic (2) + version (1); chunk header crc (4) + len (2) + type
@@ -67,19 +64,10 @@ def keys(items) -> set[str]:
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("wandb") / "sweep"
     overrides = [o for o in TINY if not o.startswith("logger")]
-    cmd = [sys.executable, "-m", "sparse_lightning.train", "-m", f"hydra.sweep.dir={sweep_dir}"]
-    cmd += ["logger=wandb", "method=magnitude", "sparsity=50,90", "trainer.log_every_n_steps=10"]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    env.pop("WANDB_API_KEY", None)
-    result = subprocess.run(
-        [*cmd, *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        stdin=subprocess.DEVNULL,  # must never prompt for a key
-        cwd=sweep_dir.parent,
-    )
+    cmd = sparse_train("-m", f"hydra.sweep.dir={sweep_dir}", "logger=wandb", "method=magnitude")
+    cmd += ["sparsity=50,90", "trainer.log_every_n_steps=10", *overrides]
+    # offline, no API key, no stdin: it must never prompt for a key or upload
+    result = run_command(cmd, timeout=600, cwd=sweep_dir.parent)  # several runs
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return sweep_dir
 

@@ -38,9 +38,11 @@ def fit(
     root=None,
     callbacks: Sequence[pl.Callback] = (),
     shuffle: bool = True,
+    before: Sequence[pl.Callback] = (),
 ) -> tuple[ClassificationModule, pl.Trainer]:
     """Train ``tiny_model`` with ``method`` for ``steps`` steps (SGD, batch 32), optionally from
-    a checkpoint; checkpoints only where ``callbacks`` hold a ModelCheckpoint."""
+    a checkpoint; checkpoints only where ``callbacks`` hold a ModelCheckpoint. ``before`` run
+    their hooks ahead of the method's (Lightning calls callbacks in list order)."""
     module = ClassificationModule(
         tiny_model(),
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4),
@@ -48,7 +50,7 @@ def fit(
     )
     trainer = pl.Trainer(
         max_steps=steps,
-        callbacks=[method, *callbacks],
+        callbacks=[*before, method, *callbacks],
         logger=False,
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
         enable_progress_bar=False,

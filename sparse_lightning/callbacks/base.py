@@ -91,6 +91,13 @@ class SparsityCallback(pl.Callback):
     def check_budget(self, max_steps: int) -> None:
         """Raise ConfigError if the schedule cannot finish within ``max_steps`` optimiser steps."""
 
+    def current_sparsity(self) -> float:
+        """Fraction of the prunable weights the method prunes now (one host sync): the masks'
+        pruned fraction; methods whose masks are set only at the end (VD, l0) override it with
+        their evaluation rule. What the logs call ``sparsity/global``."""
+        assert self.mask_set is not None
+        return self.mask_set.sparsity()
+
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.attach(pl_module.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,7 +22,7 @@ class GradualPruning(SparsityCallback):
 
     After optimiser step t (``trainer.global_step``), when the schedule says so, each weight
     tensor is pruned to s_t scaled to its own target (``scope=layer``) or all tensors are ranked
-    together (``scope=global``; tensors with a ``layer_sparsity`` override keep their own).
+    together (``scope=global``; tensors a ``layer_sparsity`` pattern names keep their own).
     """
 
     def __init__(
@@ -80,7 +81,7 @@ class GradualPruning(SparsityCallback):
         """Prune every tensor to the sparsity the schedule gives for ``step``."""
         assert self.mask_set is not None
         entries = self.mask_set.entries
-        fraction = self.schedule.sparsity_at(step) / max(self.target_sparsity, 1e-12)
+        fraction = self._fraction_of_targets(step)
         targets = [self.layer_targets[e.name] * fraction for e in entries]
         weights = [e.weight.detach() for e in entries]
         masks = [e.mask for e in entries]
@@ -104,8 +105,18 @@ class GradualPruning(SparsityCallback):
                 new[i] = mask
         self.mask_set.set_masks({e.name: m for e, m in zip(entries, new)})
 
+    def _fraction_of_targets(self, step: int) -> float:
+        """The share of each tensor's own target that ``step`` prunes: s_t / s_f, or the
+        schedule's progress when s_f = 0 (then only ``layer_sparsity`` overrides prune)."""
+        if self.target_sparsity > 0:
+            return self.schedule.sparsity_at(step) / self.target_sparsity
+        return self.schedule.progress_at(step)
+
     def _overridden(self) -> set[str]:
-        return {n for n, t in self.layer_targets.items() if t != self.target_sparsity}
+        """Tensors a ``layer_sparsity`` pattern names: they keep their own target under
+        ``scope=global``, even one equal to the global target."""
+        patterns = list(self.layer_sparsity_overrides)
+        return {n for n in self.layer_targets if any(fnmatchcase(n, p) for p in patterns)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_update_step": self.last_update_step}

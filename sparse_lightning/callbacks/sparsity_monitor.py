@@ -1,7 +1,8 @@
 """Sparsity over training for any logger, and the end-of-run tables, charts and summary for W&B.
 
 Logs ``sparsity/target`` (the schedule's s_t, or the method's fixed target),
-``sparsity/global`` (pruned fraction of all prunable weights) and, for VD / l0, the ramped
+``sparsity/global`` (the method's ``current_sparsity()``: the masks' pruned fraction, for VD / l0
+the fraction their evaluation rule prunes) and, for VD / l0, the ramped
 regulariser weight ``sparsity/reg_weight``, on mask-update steps and every
 ``every_n_steps`` optimiser steps only: each point costs one host sync, never one per step.
 At the end of training it logs ``sparsity/layer/<name>`` to every logger and, for a
@@ -71,7 +72,7 @@ class SparsityMonitor(pl.Callback):
         self._last_logged = step
         metrics = {
             "sparsity/target": self.target_at(method, step),
-            "sparsity/global": achieved(method),  # the one host sync of this step
+            "sparsity/global": method.current_sparsity(),  # the one host sync of this step
         }
         reg_weight = getattr(method, "current_weight", None)  # VD / l0: the ramped weight
         if callable(reg_weight):
@@ -97,16 +98,6 @@ class SparsityMonitor(pl.Callback):
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, WandbLogger):
                 log_layer_chart(logger, layers, method.layer_targets, step)
-
-
-def achieved(method: SparsityCallback) -> float:
-    """Global sparsity now: the method's own live estimate where it has one (methods that fold
-    masks only at the end, e.g. from VD's log alpha), else the masks' pruned fraction."""
-    current = getattr(method, "current_sparsity", None)
-    if callable(current):
-        return float(current())
-    assert method.mask_set is not None
-    return method.mask_set.sparsity()
 
 
 def log_layer_chart(

@@ -124,6 +124,10 @@ class RegularisedSparsity(SparsityCallback):
 
     # -- Lightning hooks ---------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Reparameterise each selected weight at every module that uses it (a tied embedding:
+        its lookups and the output layer, one log_sigma2 / log_alpha, counted once by the layer
+        in ``self.layers``); sharing the layers cannot handle is a ConfigError here, before the
+        optimiser is built."""
         super().setup(trainer, pl_module, stage)
         assert self.mask_set is not None
         self._trainer = trainer
@@ -155,7 +159,7 @@ class RegularisedSparsity(SparsityCallback):
                 rank,
             )
         for layer in self.layers:
-            layer.noise_source = self.noise
+            layer.noise_source = self.noise  # and on the layers tied to it
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
@@ -169,9 +173,18 @@ class RegularisedSparsity(SparsityCallback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Logs ``val/sparsity``: the fraction of weights the evaluation rule prunes now."""
+        pl_module.log("val/sparsity", self._evaluation_sparsity())
+
+    def current_sparsity(self) -> float:
+        """The fraction of weights the evaluation rule prunes now (the masks stay full until
+        ``finalise``), as one reduction and one host sync."""
+        return float(self._evaluation_sparsity())
+
+    @torch.no_grad()
+    def _evaluation_sparsity(self) -> torch.Tensor:
         kept = torch.stack([layer.eval_keep().sum() for layer in self.layers]).sum()
         total = sum(layer.weight.numel() for layer in self.layers)
-        pl_module.log("val/sparsity", 1.0 - kept.float() / total)
+        return 1.0 - kept.float() / total
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -12,6 +12,35 @@ from torch.utils.data import Sampler
 from sparse_lightning.errors import ConfigError
 
 
+def accumulation_steps(
+    global_tokens: int | None, max_tokens: int, devices: int, num_nodes: int = 1
+) -> int:
+    """Micro-batches per optimiser step k such that every step sees ``global_tokens`` padded
+    tokens: global_tokens = max_tokens x devices x num_nodes x k, exactly (null: k = 1).
+
+    tensor2tensor's ``batch_size`` is a per-core cap on padded tokens and a step sums over all
+    cores; here a device takes at most ``max_tokens`` per micro-batch, so the same global batch
+    on fewer devices is reached by accumulating gradients. The config resolver
+    ``${accumulation:...}``; raises ConfigError when the product cannot be met exactly.
+    """
+    if global_tokens is None:
+        return 1
+    try:
+        total, per_pass = int(global_tokens), int(max_tokens) * int(devices) * int(num_nodes)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"global_tokens={global_tokens} needs numbers: data.max_tokens={max_tokens}, "
+            f"trainer.devices={devices}, trainer.num_nodes={num_nodes}"
+        ) from None
+    if total < 1 or per_pass < 1 or total % per_pass:
+        raise ConfigError(
+            f"global_tokens={global_tokens} is not a whole multiple of data.max_tokens={max_tokens}"
+            f" x trainer.devices={devices} x trainer.num_nodes={num_nodes} = {per_pass}; change "
+            "data.max_tokens or the device count, or set global_tokens=null (no accumulation)"
+        )
+    return total // per_pass
+
+
 def token_batches(lengths: np.ndarray, max_tokens: int, order: np.ndarray) -> list[list[int]]:
     """Split ``order`` (indices, sorted by length) into consecutive batches whose padded size,
     count x longest, stays within ``max_tokens``; a longer example makes a batch of its own."""

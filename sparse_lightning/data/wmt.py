@@ -7,8 +7,11 @@ the training text once and cached beside the data (``root/spm<vocab_size>.model`
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,19 @@ def train_sentencepiece(
     )
     os.replace(f"{prefix}.vocab", model_path.with_suffix(".vocab"))
     os.replace(f"{prefix}.model", model_path)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block: the
+    processes of one run that all prepare the same data wait for the first instead of
+    training the same subword model side by side."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -180,23 +196,55 @@ class ParallelTextDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.datasets: dict[str, ParallelText] = {}
+        self._tokenizer: spm.SentencePieceProcessor | None = None
 
     @property
     def spm_path(self) -> Path:
         return self.root / f"spm{self.vocab_size}.model"
 
     def prepare_data(self) -> None:
-        """Train the joint subword model once (local rank 0 only)."""
-        if not self.spm_path.exists():
+        """Train the joint subword model once. Every process of a run may call this before
+        the model is built (``model_settings``): the first trains under a lock, the others
+        then read its file (training twice on a sample gives different pieces)."""
+        if self.spm_path.exists():
+            return
+        with exclusive_lock(self.spm_path.with_name(f".{self.spm_path.name}.lock")):
+            if self.spm_path.exists():
+                return
             files = [self.root / f"train.{lang}" for lang in (self.src_lang, self.tgt_lang)]
             log.info("training a %d-piece sentencepiece model on %s", self.vocab_size, files)
             train_sentencepiece(files, self.spm_path, self.vocab_size, self.spm_sample_sentences)
 
+    @property
+    def tokenizer(self) -> spm.SentencePieceProcessor:
+        """The joint subword model (trained on first use)."""
+        if self._tokenizer is None:
+            self.prepare_data()
+            self._tokenizer = spm.SentencePieceProcessor(model_file=str(self.spm_path))
+        return self._tokenizer
+
+    @property
+    def tokenizer_vocab_size(self) -> int:
+        """Pieces the trained tokenizer really has: ``data.vocab_size`` or fewer, since
+        sentencepiece's soft limit stops where a small corpus runs out of pieces."""
+        return self.tokenizer.get_piece_size()
+
+    def model_settings(self) -> dict[str, int]:
+        """What the model must take from the data: its vocabulary is exactly the tokenizer's
+        (larger, beam search emits ids that cannot be decoded; smaller, encoded ids overflow
+        the embedding). A corpus too small for ``data.vocab_size`` is noted in one line."""
+        size = self.tokenizer_vocab_size
+        if size != self.vocab_size:
+            log.warning(
+                "data.vocab_size=%d asked, but the corpus in %s gives a %d-piece tokenizer: "
+                "the model's vocabulary is %d",
+                self.vocab_size, self.root, size, size,
+            )  # fmt: skip
+        return {"vocab_size": size}
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        self.prepare_data()
-        self.tokenizer = spm.SentencePieceProcessor(model_file=str(self.spm_path))
         for split in SPLITS:
             src_lines = read_lines(self.root / f"{split}.{self.src_lang}")
             tgt_lines = read_lines(self.root / f"{split}.{self.tgt_lang}")

@@ -12,6 +12,11 @@ Each weight theta has a gate z in [0, 1] with a learned location log_alpha:
 
 The stretch to (GAMMA, ZETA) followed by the clip puts finite probability mass on exactly 0 and
 exactly 1. A weight is pruned where the evaluation gate is 0.
+
+Gates are drawn afresh at every use of a weight, as in the reference: a matmul or convolution
+draws one gate per weight entry per call (``nn.matmul_train``), an embedding lookup one per
+looked-up entry, i.e. per token occurrence (``nn.embedding_lookup_train`` gathers theta and
+log_alpha, then samples). The gate math runs in float32 with autocast off (``precision.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from sparse_lightning.layers import native
 from sparse_lightning.layers.noise import NoiseSource
+from sparse_lightning.layers.precision import full_precision, widened
 from sparse_lightning.layers.workspace import Workspace, claim
 
 BETA = 2.0 / 3.0  # temperature of the concrete distribution
@@ -48,6 +54,26 @@ def sample_gate(log_alpha: torch.Tensor, u: torch.Tensor | None = None) -> torch
     if u is None:
         u = torch.empty_like(log_alpha).uniform_(UNIFORM_EPS, 1.0 - UNIFORM_EPS)
     return stretch(torch.sigmoid((torch.logit(u) + log_alpha) / BETA))
+
+
+def uniform_(out: torch.Tensor, source: NoiseSource | None = None) -> torch.Tensor:
+    """Fill ``out`` with U(UNIFORM_EPS, 1 - UNIFORM_EPS) draws from ``source`` (else the global
+    generator), in place."""
+    if source is not None:
+        return source.uniform_(out, UNIFORM_EPS, 1.0 - UNIFORM_EPS)
+    return out.uniform_(UNIFORM_EPS, 1.0 - UNIFORM_EPS)
+
+
+def gated_rows(
+    theta_rows: torch.Tensor, log_alpha_rows: torch.Tensor, source: NoiseSource | None = None
+) -> torch.Tensor:
+    """theta * z for looked-up embedding entries, one fresh gate per entry (``sample_gate``), in
+    float32: the reference's lookup, whose draws scale with the batch, not the vocabulary."""
+    with full_precision(theta_rows.device.type):
+        log_alpha_rows = widened(log_alpha_rows)
+        u = torch.empty_like(log_alpha_rows, memory_format=torch.contiguous_format)
+        u = uniform_(u, source)
+        return widened(theta_rows) * sample_gate(log_alpha_rows, u)
 
 
 def eval_gate(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -164,14 +190,13 @@ def gated_weight_and_penalty(
     """(theta * sampled gate, expected l0), fused (see ``_HardConcreteWeight``), with log_alpha's
     gradient times ``grad_scale``. The uniform draws, from ``source`` if given (else the global
     generator), go into ``noise``, which is overwritten (``workspace``'s if None); temporaries
-    reuse ``workspace`` when it is free."""
-    new, claimed = claim(workspace, log_alpha)
-    if noise is None:
-        noise = new("noise")
-    if source is not None:
-        source.uniform_(noise, UNIFORM_EPS, 1.0 - UNIFORM_EPS)
-    else:
-        noise.uniform_(UNIFORM_EPS, 1.0 - UNIFORM_EPS)
-    if native.applies(theta, log_alpha, noise):
-        return _NativeHardConcreteWeight.apply(theta, log_alpha, noise, claimed, float(grad_scale))
-    return _HardConcreteWeight.apply(theta, log_alpha, noise, new, claimed, float(grad_scale))
+    reuse ``workspace`` when it is free. Float32 with autocast off (the weights of bf16-mixed
+    training are float32 already)."""
+    with full_precision(theta.device.type):
+        theta, log_alpha = widened(theta), widened(log_alpha)
+        new, claimed = claim(workspace, log_alpha)
+        noise = uniform_(new("noise") if noise is None else noise, source)
+        if native.applies(theta, log_alpha, noise):
+            fused = _NativeHardConcreteWeight.apply
+            return fused(theta, log_alpha, noise, claimed, float(grad_scale))
+        return _HardConcreteWeight.apply(theta, log_alpha, noise, new, claimed, float(grad_scale))

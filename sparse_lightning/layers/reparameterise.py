@@ -8,6 +8,14 @@ optimiser groups built later) and ``state_dict`` loading stay as they are; the e
 one more ``state_dict`` entry (``conv1.log_sigma2``), checkpointed and restored by Lightning.
 Swapping ``__class__`` rather than building a new module avoids copying weights and re-pointing
 every holder of the old module; the classes are importable, so pickling and ``deepcopy`` work.
+
+A weight used by several modules (a Transformer's embedding, also its softmax layer) is
+reparameterised at every use, as Gale et al.'s reference code does (``sparse_modalities.py``:
+VD / l0 at the embedding lookups and at the output matmul): the module named in the selection
+owns the one extra Parameter and the mask; every other module holding the weight is "tied" to
+it and registers that same Parameter (so each use's ``state_dict`` has it beside its weight, as
+it has the weight, and ``named_parameters`` / the optimiser see it once). The owner's
+regulariser counts the weight once; the evaluation rule, ``fold_`` and the mask are the owner's.
 """
 
 from __future__ import annotations
@@ -69,9 +77,15 @@ class _Reparameterised:
     A training forward computes the layer's regulariser in the same fused pass over the weight
     and keeps it until ``regulariser()`` hands it to the loss; transient tensors (that pending
     term, reused noise buffers) are left out of pickles and copies.
+
+    A module holding the same weight as another reparameterised one is tied to it (``tie_``):
+    it registers its owner's extra Parameter, reads the owner's mask, and leaves its pending
+    term for the owner's ``regulariser()``, which hands the loss one term per weight.
     """
 
     weight: nn.Parameter
+    extra_name: str  # the added Parameter's attribute
+    _SETTINGS: tuple[str, ...] = ("grad_scale",)  # what a tied use copies from its owner
     _TRANSIENT = ("_pending_regulariser", "_workspace", "noise_source")
 
     def __getstate__(self) -> dict[str, Any]:
@@ -82,13 +96,32 @@ class _Reparameterised:
 
     @property
     def noise_source(self) -> NoiseSource | None:
-        """Where training noise comes from (set by the VD / l0 callback); None: the global
-        generator."""
+        """Where training noise comes from (set by the VD / l0 callback, on the owner for every
+        use of its weight); None: the global generator."""
         return self.__dict__.get("noise_source")
 
     @noise_source.setter
     def noise_source(self, source: NoiseSource | None) -> None:
-        self.__dict__["noise_source"] = source
+        for use in self.uses():
+            use.__dict__["noise_source"] = source
+
+    def owner(self) -> nn.Module:
+        """The layer that owns the extra Parameter and the mask: itself unless tied."""
+        return self.__dict__.get("_tie_owner", self)  # type: ignore[return-value]
+
+    def uses(self) -> tuple[nn.Module, ...]:
+        """This layer and, for an owner, the layers tied to it (the other uses of its weight)."""
+        return (self, *self.__dict__.get("_tied_uses", ()))  # type: ignore[return-value]
+
+    def tie_(self, owner: nn.Module) -> None:
+        """Make this layer, which holds ``owner``'s weight, use its extra Parameter (the same
+        object, so one optimiser state and one value) and settings."""
+        self.register_parameter(self.extra_name, getattr(owner, self.extra_name))  # type: ignore[attr-defined]
+        for key in self._SETTINGS:
+            self.__dict__[key] = owner.__dict__[key]
+        self.__dict__["_tie_owner"] = owner
+        owner.__dict__.setdefault("_tied_uses", []).append(self)
+        self.__dict__["noise_source"] = owner.noise_source  # type: ignore[attr-defined]
 
     def workspace(self) -> Workspace:
         """Buffers the fused training pass reuses across steps (not pickled or copied)."""
@@ -97,11 +130,22 @@ class _Reparameterised:
             found = self.__dict__["_workspace"] = Workspace()
         return found
 
-    def _take_pending(self) -> torch.Tensor | None:
-        return self.__dict__.pop("_pending_regulariser", None)
+    def regulariser(self) -> torch.Tensor:
+        """This weight's regulariser: the term the last training forward of any of its uses
+        computed (every use computes it in its training forward; one is kept and the others
+        dropped, so a weight used three times is counted once), else computed now. Zero on a
+        tied use: its owner counts the weight."""
+        if self.owner() is not self:
+            return self.weight.new_zeros(())
+        pending = [use.__dict__.pop("_pending_regulariser", None) for use in self.uses()]
+        found = next((term for term in pending if term is not None), None)
+        return found if found is not None else self._regulariser_now()
+
+    def _regulariser_now(self) -> torch.Tensor:
+        raise NotImplementedError
 
     def _mask(self) -> torch.Tensor | None:
-        return getattr(self, MASK_BUFFER, None)
+        return getattr(self.owner(), MASK_BUFFER, None)
 
     def _plain_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if isinstance(self, nn.Embedding):
@@ -116,6 +160,8 @@ class VariationalDropoutLayer(_Reparameterised):
     log_sigma2: nn.Parameter
     vd_threshold: float
     grad_scale: float
+    extra_name = VD_PARAMETER
+    _SETTINGS = ("grad_scale", "vd_threshold")
 
     def reparameterise_(
         self, log_sigma2_init: float, threshold: float, grad_scale: float = 1.0
@@ -129,11 +175,9 @@ class VariationalDropoutLayer(_Reparameterised):
     def _log_sigma2(self) -> torch.Tensor:
         return scale_gradient(self.log_sigma2, self.grad_scale)
 
-    def regulariser(self) -> torch.Tensor:
-        """Sum of the per-weight KL approximation (clipped log_alpha): the one computed by the
-        last training forward, else computed now."""
-        pending = self._take_pending()
-        return pending if pending is not None else vd_math.kl_sum(self.weight, self._log_sigma2())
+    def _regulariser_now(self) -> torch.Tensor:
+        """Sum of the per-weight KL approximation (clipped log_alpha)."""
+        return vd_math.kl_sum(self.weight, self._log_sigma2())
 
     @torch.no_grad()
     def eval_keep(self) -> torch.Tensor:
@@ -171,6 +215,7 @@ class L0Layer(_Reparameterised):
 
     log_alpha: nn.Parameter
     grad_scale: float
+    extra_name = L0_PARAMETER
 
     def reparameterise_(self, grad_scale: float = 1.0) -> None:
         self.register_parameter(  # type: ignore[attr-defined]
@@ -181,10 +226,9 @@ class L0Layer(_Reparameterised):
     def _log_alpha(self) -> torch.Tensor:
         return scale_gradient(self.log_alpha, self.grad_scale)
 
-    def regulariser(self) -> torch.Tensor:
-        """Expected number of non-zero gates: from the last training forward, else now."""
-        pending = self._take_pending()
-        return pending if pending is not None else l0_math.expected_l0(self._log_alpha())
+    def _regulariser_now(self) -> torch.Tensor:
+        """Expected number of non-zero gates."""
+        return l0_math.expected_l0(self._log_alpha())
 
     def gate(self) -> torch.Tensor:
         """Evaluation gate (masked); training forwards sample theirs in ``forward``."""
@@ -213,6 +257,8 @@ class L0Layer(_Reparameterised):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self._plain_forward(x, self.weight * self.gate())
+        if isinstance(self, nn.Embedding):
+            return self._gated_lookup(x)
         weight, penalty = l0_math.gated_weight_and_penalty(
             self.weight,
             self.log_alpha,
@@ -222,6 +268,14 @@ class L0Layer(_Reparameterised):
         )
         self._pending_regulariser = penalty
         return self._plain_forward(x, weight)
+
+    def _gated_lookup(self, idx: torch.Tensor) -> torch.Tensor:
+        """Training lookup: gather theta and log_alpha, then one gate per looked-up entry, as
+        the reference's ``embedding_lookup_train`` (every occurrence of a token draws its own)."""
+        log_alpha = self._log_alpha()
+        self._pending_regulariser = l0_math.expected_l0(log_alpha)
+        rows = _embedding(self, idx, self.weight)  # type: ignore[arg-type]
+        return l0_math.gated_rows(rows, _embedding(self, idx, log_alpha), self.noise_source)  # type: ignore[arg-type]
 
 
 class VDLinear(VariationalDropoutLayer, nn.Linear):
@@ -270,30 +324,108 @@ L0_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def reparameterise(
-    model: nn.Module, name: str, classes: Mapping[type[nn.Module], type[nn.Module]], **init: Any
-) -> nn.Module:
-    """Turn the layer owning parameter ``name`` into its reparameterised class (idempotent).
+def _weight_shape(module: nn.Module) -> tuple[int, ...]:
+    """The weight shape a Linear / Conv / Embedding of this size has (what its forward needs)."""
+    if isinstance(module, nn.Embedding):
+        return (module.num_embeddings, module.embedding_dim)
+    if isinstance(module, nn.Linear):
+        return (module.out_features, module.in_features)
+    conv: Any = module
+    return (conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size)
 
-    Only ``weight`` of a plain Linear / Conv1d / Conv2d / Embedding can be reparameterised; any
-    other selection is a ConfigError naming the parameter and what is allowed.
-    """
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
+
+def _check_owner(
+    name: str, module: nn.Module, attr: str, classes: Mapping[type[nn.Module], type[nn.Module]]
+) -> None:
+    """The selected parameter itself: the weight of a plain Linear / Conv1d / Conv2d /
+    Embedding (without max_norm or sparse gradients)."""
     if type(module) in classes.values():
-        return module
-    allowed = ", ".join(c.__name__ for c in classes)
-    target = classes.get(type(module))
-    if attr != "weight" or target is None:
+        return
+    if attr != "weight" or type(module) not in classes:
+        allowed = ", ".join(c.__name__ for c in classes)
         raise ConfigError(
             f"cannot reparameterise '{name}' ({type(module).__name__}.{attr}); "
             f"allowed: the weight of {allowed} (exclude it, e.g. method.exclude=['{name}'])"
         )
     if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.sparse):
         raise ConfigError(f"'{name}': embeddings with max_norm or sparse gradients are not allowed")
-    module.__class__ = target
-    module.reparameterise_(**init)  # type: ignore[attr-defined]
-    return module
+
+
+def _check_use(
+    name: str,
+    use: str,
+    module: nn.Module,
+    attr: str,
+    classes: Mapping[type[nn.Module], type[nn.Module]],
+) -> None:
+    """Module ``use``, which holds the selected parameter ``name`` as ``attr``: a layer the
+    reparameterised classes cover, whose forward takes a weight of the parameter's shape."""
+    kinds = [c.__name__ for c in classes]
+    allowed = f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
+    hint = f"(exclude it, e.g. method.exclude=['{name}'])"
+    plain = next((k for k, v in classes.items() if v is type(module)), type(module))
+    if attr != "weight" or plain not in classes:
+        raise ConfigError(
+            f"cannot reparameterise '{name}': '{use}' ({type(module).__name__}.{attr}) uses the "
+            f"same tensor; every use of a shared weight must be the weight of a {allowed} {hint}"
+        )
+    actual, needed = tuple(getattr(module, attr).shape), _weight_shape(module)
+    if actual != needed:
+        raise ConfigError(
+            f"cannot reparameterise '{name}': '{use}' ({plain.__name__}) uses it as its weight, "
+            f"which has shape {needed} in a {plain.__name__}, not {actual} {hint}"
+        )
+    if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.sparse):
+        raise ConfigError(
+            f"cannot reparameterise '{name}': '{use}' is an embedding with max_norm or sparse "
+            f"gradients, which is not allowed {hint}"
+        )
+
+
+def shared_uses(
+    model: nn.Module, name: str, classes: Mapping[type[nn.Module], type[nn.Module]]
+) -> list[nn.Module]:
+    """The other modules of ``model`` holding parameter ``name`` (the same Parameter object: a
+    tied embedding / softmax), in registration order; ConfigError (one line, naming the
+    parameter and what is allowed) if one is not a layer the reparameterised classes cover or
+    its forward takes a weight of another shape (e.g. a Conv1d holding a Linear's weight)."""
+    module_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(module_name)
+    param = getattr(owner, attr)
+    found = []
+    for use_name, module in model.named_modules():
+        holds = [a for a, p in module._parameters.items() if p is param]
+        for held in holds:
+            if module is owner and held == attr:
+                continue
+            _check_use(name, use_name, module, held, classes)
+            found.append(module)
+    return found
+
+
+def reparameterise(
+    model: nn.Module, name: str, classes: Mapping[type[nn.Module], type[nn.Module]], **init: Any
+) -> nn.Module:
+    """Turn the layer owning parameter ``name`` into its reparameterised class (idempotent), and
+    every other module holding the same Parameter into a reparameterised layer tied to it (one
+    extra Parameter for all of them; see the module docstring). Returns the owner.
+
+    Only ``weight`` of a plain Linear / Conv1d / Conv2d / Embedding can be reparameterised, and
+    a shared one only if every use is such a weight of its shape; any other selection is a
+    ConfigError naming the parameter and what is allowed, raised before any module changes.
+    """
+    module_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(module_name)
+    _check_owner(name, owner, attr, classes)
+    others = shared_uses(model, name, classes)
+    if type(owner) not in classes.values():
+        owner.__class__ = classes[type(owner)]
+        owner.reparameterise_(**init)  # type: ignore[attr-defined]
+    for use in others:
+        if type(use) not in classes.values():
+            use.__class__ = classes[type(use)]
+            use.tie_(owner)  # type: ignore[attr-defined]
+    return owner
 
 
 def optimizer_groups(module: nn.Module) -> list[dict[str, Any]]:

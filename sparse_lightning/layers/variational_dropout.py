@@ -15,6 +15,10 @@ where ``*`` is the matmul / convolution and sigma^2 is recomputed from the clipp
 (``sigma^2 = exp(log_alpha) * (theta^2 + EPSILON)``), exactly as the reference TensorFlow code
 (google-research state_of_sparsity, ``layers/variational_dropout``) does. Evaluation is
 deterministic: theta where log_alpha < threshold, zero elsewhere.
+
+Under autocast (bf16-mixed) everything but the mean matmul runs in float32: sigma^2 and the KL,
+the variance matmul, the square root and the noise (see ``precision.py``), so the output is
+float32.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 from sparse_lightning.layers import native
 from sparse_lightning.layers.noise import NoiseSource
+from sparse_lightning.layers.precision import full_precision, widened
 from sparse_lightning.layers.workspace import Workspace, claim
 
 # Molchanov et al. (2017), eq. 14:
@@ -103,15 +108,20 @@ def sample_output(
     """Local reparameterisation: mean + sqrt(variance + EPSILON) * noise, noise ~ N(0, 1) per
     output unit: ``noise`` if given (tests pass zeros or ones), else drawn from ``source`` (else
     the global generator). ``mean`` and ``variance`` are consumed (computed in place: neither op
-    that made them keeps its output for backward), and so is a given ``noise`` on the CPU."""
-    drawn_in_pass = noise is None and source is not None and source.draws_in_kernels(mean)
-    if drawn_in_pass and native.applies(mean, variance):
-        return _NativeSample.apply(mean, variance, None, source)
-    if noise is None:
-        noise = source.normal_like(mean) if source is not None else torch.randn_like(mean)
-    if native.applies(mean, variance, noise):
-        return _NativeSample.apply(mean, variance, noise, None)
-    return mean.addcmul_(variance.add_(EPSILON).sqrt_(), noise)
+    that made them keeps its output for backward), and so is a given ``noise`` on the CPU.
+    Computed in float32 whatever autocast is on: at log_sigma2 = -15 the noise is below
+    bfloat16's resolution of the mean (a bfloat16 ``mean`` is copied to float32 first)."""
+    with full_precision(mean.device.type):
+        mean, variance = widened(mean), widened(variance)
+        noise = widened(noise) if noise is not None else None
+        drawn_in_pass = noise is None and source is not None and source.draws_in_kernels(mean)
+        if drawn_in_pass and native.applies(mean, variance):
+            return _NativeSample.apply(mean, variance, None, source)
+        if noise is None:
+            noise = source.normal_like(mean) if source is not None else torch.randn_like(mean)
+        if native.applies(mean, variance, noise):
+            return _NativeSample.apply(mean, variance, noise, None)
+        return mean.addcmul_(variance.add_(EPSILON).sqrt_(), noise)
 
 
 def output_moments(
@@ -122,8 +132,14 @@ def output_moments(
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of a linear ``op(input, weight, bias)`` (matmul or convolution) of x
-    under independent Gaussian weights: op(x, theta, b) and op(x^2, sigma^2)."""
-    return op(x, theta, bias), op(x * x, sigma2, None)
+    under independent Gaussian weights: op(x, theta, b) and op(x^2, sigma^2), both returned in
+    float32 (or float64). The mean runs as every layer's matmul does (bfloat16 under autocast,
+    then copied to float32); the variance in float32 with autocast off (see ``precision.py``)."""
+    mean = op(x, theta, bias)
+    with full_precision(x.device.type):
+        x = widened(x)
+        variance = op(x * x, widened(sigma2), None)
+    return widened(mean), variance
 
 
 def train_output(
@@ -275,7 +291,10 @@ def variance_and_kl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(clipped sigma^2, sum KL) of one weight tensor, fused, with log_sigma2's gradient times
     ``grad_scale``: the C kernels on the CPU (``_NativeVariationalTerms``), else PyTorch ops
-    (``_VariationalTerms``) whose temporaries reuse ``workspace`` when free."""
-    new, claimed = claim(workspace, theta)
-    fused = _NativeVariationalTerms if native.applies(theta, log_sigma2) else _VariationalTerms
-    return fused.apply(theta, log_sigma2, new, claimed, float(grad_scale))
+    (``_VariationalTerms``) whose temporaries reuse ``workspace`` when free. Float32 with
+    autocast off (the weights of bf16-mixed training are float32 already)."""
+    with full_precision(theta.device.type):
+        theta, log_sigma2 = widened(theta), widened(log_sigma2)
+        new, claimed = claim(workspace, theta)
+        fused = _NativeVariationalTerms if native.applies(theta, log_sigma2) else _VariationalTerms
+        return fused.apply(theta, log_sigma2, new, claimed, float(grad_scale))

@@ -48,7 +48,7 @@ class SparseTaskModule(pl.LightningModule):
 
     A Lightning callback cannot change the loss, so methods such as variational dropout call
     ``add_loss_term(name, fn)``; ``fn()`` is evaluated each training step and summed into the
-    loss, and each term is logged as ``train/<name>``.
+    loss; each term is logged as ``train/<name>`` and their sum as ``train/reg_loss``.
     """
 
     def __init__(
@@ -79,10 +79,14 @@ class SparseTaskModule(pl.LightningModule):
         return self.model(*args, **kwargs)
 
     def total_loss(self, task_loss: torch.Tensor) -> torch.Tensor:
-        """Task loss plus every registered term; logs each part."""
+        """Task loss plus every registered term; logs each term as ``train/<name>``, their sum
+        as ``train/reg_loss``, the task loss and the total."""
         loss = task_loss
         if self.loss_terms:
-            reg = sum(term() for term in self.loss_terms.values())
+            terms = {name: term() for name, term in self.loss_terms.items()}
+            for name, value in terms.items():
+                self.log(f"train/{name}", value)
+            reg = sum(terms.values())
             self.log("train/reg_loss", reg)
             loss = task_loss + reg
         self.log("train/task_loss", task_loss)

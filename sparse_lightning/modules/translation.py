@@ -1,19 +1,72 @@
-"""Sequence-to-sequence translation: label-smoothed cross entropy, beam search, sacrebleu BLEU."""
+"""Sequence-to-sequence translation: label-smoothed cross entropy, beam search, and BLEU two
+ways: sacreBLEU of detokenised text, and the paper's tokenised BLEU."""
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from typing import Any
 
 import sacrebleu
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sacremoses import MosesPunctNormalizer, MosesTokenizer
 from torch import nn
 from torchmetrics import MeanMetric
 
+from sparse_lightning.errors import ConfigError
 from sparse_lightning.modules.base import OptimizerFactory, SchedulerFactory, SparseTaskModule
 
 IGNORE_INDEX = -100
+# Metric names, after "{stage}/": sacreBLEU, and BLEU as the paper reports it (report.py and
+# paper_results.py pair the paper's Transformer numbers with the second).
+SACREBLEU, TOKENIZED_BLEU = "bleu", "bleu_tok"
+_COMPOUND = re.compile(r"(\S)-(\S)")
+
+
+def sacre_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """sacreBLEU (Post 2018): corpus BLEU of detokenised text under its own 13a tokenisation,
+    exp smoothing; comparable across papers that quote a sacreBLEU signature."""
+    if not hypotheses:
+        return 0.0
+    return sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+
+def split_compounds(line: str) -> str:
+    r"""``rich-text`` -> ``rich ##AT##-##AT## text``: the "ATAT" compound split of GNMT and
+    ConvS2S evaluations, as the perl ``s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g`` of the paper's
+    get_ende_bleu.sh (left to right, without overlap: ``a-b-c`` splits only the first hyphen)."""
+    return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line)
+
+
+@lru_cache(maxsize=4)
+def _moses(lang: str) -> tuple[MosesPunctNormalizer, MosesTokenizer]:
+    return MosesPunctNormalizer(lang=lang), MosesTokenizer(lang=lang)
+
+
+def bleu_tokens(line: str, lang: str, hypothesis: bool) -> str:
+    """One line as get_ende_bleu.sh scores it: Moses ``tokenizer.perl -l lang`` (escaping on,
+    no aggressive hyphen split) then ``split_compounds``. Hypotheses first pass through
+    ``replace-unicode-punctuation.perl`` (“ -> ", … -> ...); the script's references are
+    tokenised only, so that step is not applied to them."""
+    normalizer, tokenizer = _moses(lang)
+    if hypothesis:
+        line = normalizer.replace_unicode_punct(line)
+    return split_compounds(tokenizer.tokenize(line, escape=True, return_str=True))
+
+
+def tokenized_bleu(hypotheses: list[str], references: list[str], lang: str = "de") -> float:
+    """BLEU as the paper reports it (Gale et al. 2019, state_of_sparsity get_ende_bleu.sh):
+    ``bleu_tokens`` on both sides, then multi-bleu.perl: case-sensitive corpus BLEU over
+    whitespace tokens, n <= 4, brevity penalty exp(1 - r/c) when c < r, no smoothing (0 when
+    some n-gram order has no match); sacrebleu computes it with tokenize='none'."""
+    if not hypotheses:
+        return 0.0
+    hyps = [bleu_tokens(h, lang, hypothesis=True) for h in hypotheses]
+    refs = [bleu_tokens(r, lang, hypothesis=False) for r in references]
+    bleu = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
+    return bleu.corpus_score(hyps, [refs]).score
 
 
 class TranslationModule(SparseTaskModule):
@@ -22,11 +75,13 @@ class TranslationModule(SparseTaskModule):
 
     Training loss: token-level cross entropy with label smoothing (Szegedy et al. 2016), mean
     over non-pad target tokens. Evaluation logs ``{stage}/loss`` (unsmoothed, token-weighted)
-    and ``{stage}/bleu``: sacrebleu corpus BLEU (13a tokenisation) of the detokenised beam-search
-    output (``num_beams``, ``length_penalty``) against the raw reference lines. During training
-    only the first ``val_bleu_batches`` validation batches are decoded (null: all); the test
-    split is always decoded in full. Hypotheses of the last evaluation are kept in
-    ``hypotheses`` (and the references in ``references``).
+    and two BLEU scores of the detokenised beam-search output (``num_beams``,
+    ``length_penalty``) against the raw reference lines: ``{stage}/bleu``, sacreBLEU
+    (``sacre_bleu``), and ``{stage}/bleu_tok``, the paper's Moses-tokenised, compound-split
+    multi-bleu (``tokenized_bleu`` in ``target_lang``). During training only the first
+    ``val_bleu_batches`` validation batches are decoded (null: all); the test split is always
+    decoded in full. Hypotheses of the last evaluation are kept in ``hypotheses`` (and the
+    references in ``references``).
     """
 
     def __init__(
@@ -40,6 +95,7 @@ class TranslationModule(SparseTaskModule):
         length_penalty: float = 0.6,
         max_decode_extra: int = 50,
         val_bleu_batches: int | None = 20,
+        target_lang: str = "de",
     ) -> None:
         super().__init__(model, optimizer, lr_scheduler, lr_scheduler_interval)
         self.label_smoothing = label_smoothing
@@ -47,10 +103,22 @@ class TranslationModule(SparseTaskModule):
         self.length_penalty = length_penalty
         self.max_decode_extra = max_decode_extra
         self.val_bleu_batches = val_bleu_batches
+        self.target_lang = target_lang
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.hypotheses: list[str] = []
         self.references: list[str] = []
+
+    def setup(self, stage: str) -> None:
+        """Stop before training, not at the first decode, when the model's vocabulary is not
+        the tokenizer's (sparse-train sizes the model from ``datamodule.model_settings()``)."""
+        data_size = getattr(self.trainer.datamodule, "tokenizer_vocab_size", None)
+        model_size = self.model.config.vocab_size
+        if data_size is not None and data_size != model_size:
+            raise ConfigError(
+                f"model.vocab_size={model_size} but the tokenizer has {data_size} pieces; "
+                "build the model with the datamodule's tokenizer_vocab_size"
+            )
 
     def _logits(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.model(
@@ -116,8 +184,9 @@ class TranslationModule(SparseTaskModule):
         self.log(f"{stage}/loss", loss.compute())
         loss.reset()
         hypotheses, references = _gather(self.hypotheses), _gather(self.references)
-        bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score if hypotheses else 0.0
-        self.log(f"{stage}/bleu", bleu, prog_bar=True)
+        self.log(f"{stage}/{SACREBLEU}", sacre_bleu(hypotheses, references), prog_bar=True)
+        tokenized = tokenized_bleu(hypotheses, references, self.target_lang)
+        self.log(f"{stage}/{TOKENIZED_BLEU}", tokenized, prog_bar=True)
 
 
 def _gather(strings: list[str]) -> list[str]:
