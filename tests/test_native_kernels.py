@@ -246,7 +246,7 @@ def test_a_forked_child_gets_its_own_thread_pool():
     pool().submit(int).result()  # the parent's pool has started its threads
     context = multiprocessing.get_context("fork")
     with context.Pool(1) as children:
-        total = children.apply(_sum_of_sigma2_in_a_child)
+        total = children.apply_async(_sum_of_sigma2_in_a_child).get(timeout=120)  # a hang fails
     theta, log_sigma2 = vd_inputs()
     assert total == float(vd.variance_and_kl(theta, log_sigma2)[0].sum())
 
