@@ -340,3 +340,22 @@ def test_augmented_embedding_is_drawn_from_the_reference_normal():
     assert kept.mean().item() == pytest.approx(0.0, abs=3 * expected / math.sqrt(kept.numel()))
     # the dense init of the same table is N(0, d^-1/2): scratch and augmented differ by (1-s)^-1/2
     assert embedding.weight.std().item() == pytest.approx(d**-0.5, rel=0.02)
+
+
+# -- the learning rates themselves -------------------------------------------------------------
+def test_the_transformer_learning_rate_is_the_papers_formula():
+    """lr(t) = 2.0 * 512^-0.5 * min(t^-0.5, t * 8000^-1.5) with t = step + 1 (Vaswani et al.)."""
+    cfg = composed("experiment=sos_transformer")
+    steps = [0, 99, 7_999, 8_000, 100_000, 499_999]
+    expected = [2.0 * 512**-0.5 * min((s + 1) ** -0.5, (s + 1) * 8000**-1.5) for s in steps]
+    assert learning_rates(cfg, steps) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_resnet50_learning_rate_is_the_papers_schedule_at_batch_1024():
+    """0.4 = 0.1 x 1024 / 256; linear warm-up over 5 epochs, x0.1 at epochs 30, 60 and 80 of
+    1281167 / 1024 steps each."""
+    cfg = composed("experiment=sos_resnet50", "data.batch_size=1024")
+    epoch = round(1281167 / 1024)  # 1251 steps
+    steps = [0, 5 * epoch - 1, 5 * epoch, 30 * epoch - 1, 30 * epoch, 60 * epoch, 80 * epoch]
+    expected = [0.4 / (5 * epoch), 0.4, 0.4, 0.4, 0.04, 0.004, 0.0004]
+    assert learning_rates(cfg, steps) == pytest.approx(expected, rel=1e-9)

@@ -58,3 +58,13 @@ def test_sparsity_never_decreases():
 def test_bad_schedules_are_rejected_with_the_value_named(kw, message):
     with pytest.raises(ConfigError, match=message):
         schedule(**kw)
+
+
+def test_progress_follows_the_cubic_curve_from_begin_to_end():
+    """1 - (1 - (t - t0) / (t_end - t0))^3, typed out: begin 10, end 30."""
+    from sparse_lightning.schedules import PolynomialSchedule
+
+    schedule = PolynomialSchedule(0.0, begin_step=10, end_step=30, frequency=5)
+    assert [schedule.progress_at(t) for t in (0, 10, 15, 20, 30, 40)] == pytest.approx(
+        [0.0, 0.0, 1 - 0.75**3, 1 - 0.5**3, 1.0, 1.0]
+    )
