@@ -5,7 +5,7 @@
 
 ResNet-50 images/s (global batch 256 at 224x224, channels_last) and Transformer base tokens/s
 (128 pairs of 32 target tokens), built exactly as ``sparse-train experiment=sos_resnet50|
-sos_transformer trainer=gpu method=<m> sparsity=90`` builds them (model, task module, method
+sos_transformer trainer=gpu method=<m> sparsity=s90`` builds them (model, task module, method
 callback, Lightning Trainer), on synthetic batches already on the GPU. MP is measured in its
 steady state (masks at 90 % from step 1, applied after every optimiser step). Methods run
 interleaved (round 1: all methods, round 2: all methods, ...); step times are synchronised
@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, IterableDataset
 
-from sparse_lightning.train import CONF_DIR
+from sparse_lightning.config import CONF_DIR
 
 # the presets' MP schedule keys that other methods do not take
 DROP = {
@@ -118,7 +118,7 @@ def method_overrides(method: str) -> list[str]:
     extra = [f"~method.{key}" for key in DROP.get(method, [])]
     return [
         f"method={method}",
-        "sparsity='90'",
+        "sparsity=s90",
         *extra,
         *(STEADY_MP if method == "magnitude" else []),
     ]

@@ -168,7 +168,7 @@ class LauncherCheck(Callback):
             sys.exit(2)
 
 
-def _sweep_name() -> str | None:
+def sweep_name() -> str | None:
     """The sweep's folder (`multirun/<date>/<time>`) in a multirun; None for a single run."""
     if not HydraConfig.initialized():
         return None
@@ -178,13 +178,10 @@ def _sweep_name() -> str | None:
     return str(hydra_cfg.sweep.dir)
 
 
-def _run_name() -> str | None:
-    """The run's overrides (`method=magnitude,sparsity=90`), as its sweep folder is named."""
+def run_name() -> str | None:
+    """The run's overrides (`method=magnitude,sparsity=s90`), as its sweep folder is named."""
     if not HydraConfig.initialized():
         return None
     return str(HydraConfig.get().job.override_dirname).replace("'", "") or None
 
 
-# For conf/logger/wandb.yaml: group = the sweep, name = the overrides.
-OmegaConf.register_new_resolver("sweep_name", _sweep_name, replace=True)
-OmegaConf.register_new_resolver("run_name", _run_name, replace=True)

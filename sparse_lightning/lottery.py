@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from sparse_lightning.callbacks.fixed_mask import FixedMask
@@ -53,8 +53,6 @@ def without_init(override_dirname: str, item_sep: str = ",") -> str:
     items = [i for i in override_dirname.split(item_sep) if not i.startswith(("init=", "init."))]
     return item_sep.join(items).replace("'", "")
 
-
-OmegaConf.register_new_resolver("without_init", without_init, replace=True)
 
 
 def prepare_init(cfg: DictConfig) -> InitVariant:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,17 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
 
 from sparse_lightning.callbacks.base import SparsityCallback
 from sparse_lightning.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from sparse_lightning.callbacks.rng_state import RngStateCheckpoint
 from sparse_lightning.callbacks.sparsity_monitor import publish_results
 from sparse_lightning.checkpoint_io import AtomicCheckpointIO
-from sparse_lightning.data.token_batches import accumulation_steps
+from sparse_lightning.config import CONF_DIR, register_resolvers
 from sparse_lightning.errors import ConfigError, UsageError, describe_bad_input, one_line
 from sparse_lightning.launch import check_launcher
 from sparse_lightning.layers import strip_reparameterisation as plain_parameters
-from sparse_lightning.lottery import prepare_init
+from sparse_lightning.lottery import InitVariant, prepare_init
 from sparse_lightning.masks import strip_masks
 from sparse_lightning.outputs import (
     INIT_FILE,
@@ -44,42 +45,6 @@ from sparse_lightning.outputs import (
 from sparse_lightning.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, plan_run, record_run
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def fraction_of(total: int, fraction: float) -> int:
-    """Step counts as fractions of the budget (`${fraction_of:${trainer.max_steps},0.6}`);
-    a positive fraction is at least one step, so short test runs keep a valid schedule."""
-    steps = int(round(float(total) * float(fraction)))
-    return max(steps, 1) if float(fraction) > 0 else steps
-
-
-OmegaConf.register_new_resolver("fraction_of", fraction_of, replace=True)
-# value * num / den, rounded when value is an int: lr and steps that follow the global batch
-OmegaConf.register_new_resolver(
-    "scale",
-    lambda v, num, den=1: int(round(v * num / den)) if isinstance(v, int) else v * num / den,
-    replace=True,
-)
-# micro-batches per step that make a fixed global token batch on any device count
-OmegaConf.register_new_resolver("accumulation", accumulation_steps, replace=True)
-OmegaConf.register_new_resolver("unquote", lambda text: str(text).replace("'", ""), replace=True)
-
-# Config groups whose option names are numbers (`sparsity=90`); Hydra's override grammar reads
-# those as ints and refuses them as group choices, so the command line is quoted for it.
-NUMERIC_GROUPS = ("sparsity",)
-_NUMBERS = re.compile(r"[0-9.]+(,[0-9.]+)*")
-
-
-def quote_numeric_choices(argv: list[str]) -> list[str]:
-    """`sparsity=50,90` -> `sparsity='50','90'`, so numbered options work in runs and sweeps."""
-    quoted = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+~") in NUMERIC_GROUPS and _NUMBERS.fullmatch(value):
-            arg = key + sep + ",".join(f"'{v}'" for v in value.split(","))
-        quoted.append(arg)
-    return quoted
 
 
 def build(cfg: DictConfig, name: str, **kwargs: Any) -> Any:
@@ -121,19 +86,25 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
     return callbacks
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """One run; returns the results that were written to ``results.json``."""
+@dataclass
+class Run:
+    """Everything one run trains with, built from its config by ``assemble``."""
+
+    method: SparsityCallback
+    init: InitVariant
+    datamodule: pl.LightningDataModule
+    model: nn.Module
+    module: pl.LightningModule
+    trainer: pl.Trainer
+    logger: Any
+
+
+def assemble(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[pl.Callback] = ()) -> Run:
+    """Validate ``cfg`` and build the run: init variant, method, data, model, task module and
+    Trainer with every callback the run needs; the starting weights are set and ``init.pt``
+    written. Shared by ``train`` and the benchmarks, so both time the same setup."""
     check_launcher(cfg)
     OmegaConf.to_container(cfg.trainer, resolve=True)  # a derived value (global_tokens) fails now
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    choices = hydra_cfg.runtime.choices
-    overrides = list(hydra_cfg.overrides.task)
-    plan = plan_run(run_dir, overrides, cfg.get("resume", "auto"), cfg.get("skip_finished", True))
-    if plan.finished:
-        print(f"sparse-train: {run_dir} already finished (skip_finished=false runs it again)")
-        return read_results(run_dir)
-
     init = prepare_init(cfg)  # checks init.mask_from first; scratch-b rescales trainer.max_steps
     method: SparsityCallback = init.fixed_mask_callback() or build(cfg, "method")
     try:
@@ -148,7 +119,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     mask_set = method.attach(model)
     init.set_weights(model, mask_set, lambda: build(cfg, "model"))
     save_init(run_dir, model)
-    rank_zero_only(record_run)(run_dir, overrides)
 
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
@@ -159,10 +129,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             RngStateCheckpoint(),
             *build_callbacks(cfg, bool(logger)),
             *init.callbacks(run_dir),
+            *extra_callbacks,
         ],
         logger=logger,
         plugins=[AtomicCheckpointIO()],
     )
+    return Run(method, init, datamodule, model, module, trainer, logger)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """One run; returns the results that were written to ``results.json``."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    choices = hydra_cfg.runtime.choices
+    overrides = list(hydra_cfg.overrides.task)
+    plan = plan_run(run_dir, overrides, cfg.get("resume", "auto"), cfg.get("skip_finished", True))
+    if plan.finished:
+        print(f"sparse-train: {run_dir} already finished (skip_finished=false runs it again)")
+        return read_results(run_dir)
+
+    run = assemble(cfg, run_dir)
+    rank_zero_only(record_run)(run_dir, overrides)
+    method, trainer, module, datamodule = run.method, run.trainer, run.module, run.datamodule
+    mask_set = method.attach(run.model)
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint)
     # The final state, whatever the checkpoint interval: export and resume read it.
@@ -182,14 +171,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "steps": trainer.global_step,
         "seconds": time.time() - started,
         "parameters": sum(
-            p.numel() for p in plain_parameters(dict(model.named_parameters())).values()
+            p.numel() for p in plain_parameters(dict(run.model.named_parameters())).values()
         ),
         "overrides": overrides,
         "resumed_from_step": plan.resumed_from_step,
-        **init.results(mask_set),
+        **run.init.results(mask_set),
     }
     write_outputs(run_dir, results, mask_set.masks())
-    publish_results(logger, results)
+    publish_results(run.logger, results)
     print_summary(run_dir, results)
     return results
 
@@ -247,6 +236,7 @@ def is_bad_input(error: BaseException) -> bool:
 
 
 def _run(cfg: DictConfig) -> None:
+    register_resolvers()  # again: a launcher may run this in a fresh process
     try:
         train(cfg)
     except ConfigError as error:
@@ -280,7 +270,33 @@ def check_arguments(argv: list[str]) -> None:
         raise UsageError(message)
 
     parser.error = error  # type: ignore[method-assign]
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_group_choices(args.overrides)
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """A config group's option is a name: ``sparsity=90`` (a number to Hydra's grammar) is
+    refused with the options there are, instead of Hydra's type error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group = CONF_DIR / override.key_or_group
+        if override.package is not None or not group.is_dir():
+            continue
+        value = override.value()
+        if override.is_choice_sweep():
+            values = list(value.list)
+        elif override.is_sweep_override():
+            continue  # range and interval sweeps
+        else:
+            values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if not isinstance(v, str)]
+        if bad:
+            options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+            raise UsageError(
+                f"{override.key_or_group}={bad[0]} is not an option of "
+                f"'{override.key_or_group}'; the options are {options}"
+            )
 
 
 @contextlib.contextmanager
@@ -306,8 +322,8 @@ def main() -> None:
     training starts. HYDRA_FULL_ERROR=1 shows Hydra's and OmegaConf's errors with their
     traceback instead; any other error is a bug and always shows its full traceback.
     """
-    argv = quote_numeric_choices(sys.argv[1:])
-    sys.argv = [sys.argv[0], *argv]
+    register_resolvers()
+    argv = sys.argv[1:]
     full = full_errors()
     with environment(**{FULL_ERROR: "1", USER_FULL_ERROR: "1" if full else "0"}):
         try:

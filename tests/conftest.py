@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from sparse_lightning.config import register_resolvers
+
 # Set, not defaulted: a user's own HYDRA_FULL_ERROR=1 or WANDB_MODE=online must not change what
 # the tests see (tracebacks instead of one-line errors, runs uploaded).
 TEST_ENV = {
@@ -28,6 +30,7 @@ os.environ.update(TEST_ENV)
 for _name in UNSET:
     os.environ.pop(_name, None)
 torch.set_num_threads(1)
+register_resolvers()  # for the tests that compose configs in this process
 
 TINY = [
     "trainer.max_steps=40",

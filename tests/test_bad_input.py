@@ -107,8 +107,16 @@ COMPOSITION = {
         ["method=pruneall is not an option of 'method'", "magnitude", "variational_dropout"],
     ),
     "unknown sparsity level": (
-        ["sparsity=42"],
-        ["sparsity=42 is not an option of 'sparsity'", "50, 60", "98"],
+        ["sparsity=s42"],
+        ["sparsity=s42 is not an option of 'sparsity'", "s50, s60", "s98"],
+    ),
+    "sparsity as a number": (
+        ["sparsity=90"],
+        ["sparsity=90 is not an option of 'sparsity'", "s50, s60", "s98"],
+    ),
+    "sparsity as numbers in a sweep": (
+        ["sparsity=s50,90", "-m"],
+        ["sparsity=90 is not an option of 'sparsity'", "s50, s60", "s98"],
     ),
     "unknown launcher": (
         ["hydra/launcher=nowhere"],
@@ -211,7 +219,7 @@ def test_a_corrupt_checkpoint_is_named_and_left_alone(
 def test_a_results_json_of_another_run_is_never_overwritten(earlier_run: Path) -> None:
     """Through the console script in its own process: exit status and stderr as a user sees them."""
     before = snapshot(earlier_run)
-    result = run_cli(earlier_run, *TINY, "sparsity=50", check=False)
+    result = run_cli(earlier_run, *TINY, "sparsity=s50", check=False)
     assert result.returncode == 2
     assert "belongs to a run with overrides" in error_line(result.stderr)
     assert snapshot(earlier_run) == before

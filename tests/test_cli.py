@@ -11,7 +11,7 @@ from tests.conftest import TINY, run_cli
 @pytest.fixture(scope="module")
 def magnitude_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("magnitude")
-    result = run_cli(run_dir, *TINY, "sparsity=80", "callbacks.checkpoint.every_n_train_steps=10")
+    result = run_cli(run_dir, *TINY, "sparsity=s80", "callbacks.checkpoint.every_n_train_steps=10")
     return run_dir, result
 
 

@@ -13,12 +13,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
+from sparse_lightning.config import CONF_DIR
 from sparse_lightning.data.imagenet import ImageFolderDataModule
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.lr_schedules import warmup_step_decay
 from sparse_lightning.masks import select_prunable
 from sparse_lightning.models.resnet import build_resnet
-from sparse_lightning.train import CONF_DIR
 from tests.conftest import run_cli
 
 NUM_CLASSES = 5
@@ -152,9 +152,9 @@ def test_sos_resnet50_runs_at_laptop_size(
     tmp_path: Path, image_root: Path, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 2-thread OpenMP stalls on a busy machine
-    extra = ["sparsity=90"]
+    extra = ["sparsity=s90"]
     if method != "magnitude":  # each method with the preset's settings for it (conf/tuning/)
-        extra = [f"method={method}", "sparsity=90"]
+        extra = [f"method={method}", "sparsity=s90"]
     run_cli(tmp_path / "run", *laptop_overrides(image_root), *extra)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["model"] == "resnet18" and results["method"] == method

@@ -19,9 +19,9 @@ from hydra.utils import instantiate
 from torch import nn
 
 from sparse_lightning.callbacks.rewind import load_rewind
+from sparse_lightning.config import CONF_DIR
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.lottery import augmented_weight, check_same_model, prepare_init
-from sparse_lightning.train import CONF_DIR
 from tests.conftest import TINY, run_cli
 
 VARIANTS = ("scratch_e", "scratch_b", "lottery", "augmented")
@@ -35,11 +35,11 @@ def stage1(tmp_path_factory) -> Path:
         root / "unused",
         "hydra.mode=MULTIRUN",
         "experiment=lottery_stage1",
-        "sparsity=70",
+        "sparsity=s70",
         f"stage1_dir={root / 'stage1'}",
         *TINY,
     )
-    (folder,) = (root / "stage1").glob("*sparsity=70*")
+    (folder,) = (root / "stage1").glob("*sparsity=s70*")
     return folder
 
 
@@ -51,7 +51,7 @@ def stage2(stage1) -> dict[str, Path]:
         "hydra.mode=MULTIRUN",
         "experiment=lottery_stage2",
         f"init={','.join(VARIANTS)}",
-        "sparsity=70",
+        "sparsity=s70",
         f"stage1_dir={stage1.parent}",
         f"hydra.sweep.dir={root / 'stage2'}",
         *TINY,

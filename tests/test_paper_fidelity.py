@@ -19,11 +19,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
+from sparse_lightning.config import CONF_DIR
 from sparse_lightning.lottery import augmented_weight, prepare_init
 from sparse_lightning.models.resnet import build_resnet
 from sparse_lightning.models.transformer import build_transformer
 from sparse_lightning.outputs import MASKS_FILE, RESULTS_FILE
-from sparse_lightning.train import CONF_DIR
 
 LEVELS = ["50", "60", "70", "80", "90", "95", "98"]
 RN50_STEPS, TRANSFORMER_STEPS = 128_000, 500_000
@@ -133,7 +133,7 @@ def paper_step(cfg, step: int, paper_steps: int) -> int:
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("method, table", [("magnitude", RN50_MP), ("random", RN50_RANDOM)])
 def test_resnet50_pruning_takes_the_authors_best_run_at_each_level(method, table, level):
-    cfg = composed("experiment=sos_resnet50", f"method={method}", f"sparsity='{level}'")
+    cfg = composed("experiment=sos_resnet50", f"method={method}", f"sparsity=s{level}")
     begin, end, frequency, label_smoothing = table[level]
     callback = instantiate(cfg.method)
     schedule = callback.schedule
@@ -148,7 +148,7 @@ def test_resnet50_pruning_takes_the_authors_best_run_at_each_level(method, table
     "method, table", [("magnitude", TRANSFORMER_MP), ("random", TRANSFORMER_RANDOM)]
 )
 def test_transformer_pruning_takes_the_authors_best_run_at_each_level(method, table, level):
-    cfg = composed("experiment=sos_transformer", f"method={method}", f"sparsity='{level}'")
+    cfg = composed("experiment=sos_transformer", f"method={method}", f"sparsity=s{level}")
     begin, end, frequency, dropout, label_smoothing = table[level]
     schedule = instantiate(cfg.method).schedule
     assert schedule.begin_step == paper_step(cfg, begin, TRANSFORMER_STEPS)
@@ -165,20 +165,20 @@ def test_transformer_pruning_takes_the_authors_best_run_at_each_level(method, ta
 def test_transformer_regularised_methods_take_their_runs_dropout_and_label_smoothing(
     method, table, level
 ):
-    cfg = composed("experiment=sos_transformer", f"method={method}", f"sparsity='{level}'")
+    cfg = composed("experiment=sos_transformer", f"method={method}", f"sparsity=s{level}")
     assert (cfg.model.dropout, cfg.task.label_smoothing) == table[level]
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_resnet50_variational_dropout_takes_its_runs_label_smoothing(level):
-    cfg = composed("experiment=sos_resnet50", "method=variational_dropout", f"sparsity='{level}'")
+    cfg = composed("experiment=sos_resnet50", "method=variational_dropout", f"sparsity=s{level}")
     assert cfg.task.label_smoothing == RN50_VD_LABEL_SMOOTHING[level]
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_transformer_variational_dropout_takes_its_runs_regulariser(level):
     cfg = composed(
-        "experiment=sos_transformer", "method=variational_dropout", f"sparsity='{level}'"
+        "experiment=sos_transformer", "method=variational_dropout", f"sparsity=s{level}"
     )
     ramp, begin, end, weight, threshold = TRANSFORMER_VD[level]
     callback = instantiate(cfg.method)
@@ -191,7 +191,7 @@ def test_transformer_variational_dropout_takes_its_runs_regulariser(level):
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_transformer_l0_takes_its_runs_regulariser(level):
-    cfg = composed("experiment=sos_transformer", "method=l0", f"sparsity='{level}'")
+    cfg = composed("experiment=sos_transformer", "method=l0", f"sparsity=s{level}")
     ramp, begin, end, weight = TRANSFORMER_L0[level]
     callback = instantiate(cfg.method)
     assert callback.ramp == ramp
@@ -202,7 +202,7 @@ def test_transformer_l0_takes_its_runs_regulariser(level):
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_resnet50_variational_dropout_takes_its_runs_regulariser(level):
-    cfg = composed("experiment=sos_resnet50", "method=variational_dropout", f"sparsity='{level}'")
+    cfg = composed("experiment=sos_resnet50", "method=variational_dropout", f"sparsity=s{level}")
     begin, end, coefficient = RN50_VD[level]
     callback = instantiate(cfg.method)
     assert (callback.ramp, callback.threshold, callback.log_sigma2_init) == ("linear", 0.5, -15.0)
@@ -232,7 +232,7 @@ def resnet50() -> nn.Module:
 @pytest.mark.parametrize("level", EXTENDED)
 def test_mp_extended_keeps_conv1_dense_caps_the_fc_and_reaches_the_papers_sparsity(level, resnet50):
     nominal, reached = EXTENDED[level]
-    cfg = composed("experiment=sos_resnet50_extended", "method=magnitude", f"sparsity='{level}'")
+    cfg = composed("experiment=sos_resnet50_extended", "method=magnitude", f"sparsity=s{level}")
     callback = instantiate(cfg.method)
     model = build_resnet("resnet50", num_classes=1000)
     model.load_state_dict(resnet50.state_dict())

@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from sparse_lightning.callbacks import DenseBaseline, L0Regularization, VariationalDropout
-from sparse_lightning.train import CONF_DIR
+from sparse_lightning.config import CONF_DIR
 from tests.conftest import run_in_process
 
 METHODS = ["dense", "magnitude", "random", "variational_dropout", "l0"]
@@ -20,7 +20,7 @@ EXTRA_TUNING = {"sos_resnet50_extended/magnitude"}  # "MP extended" is magnitude
 def method_of(experiment: str, method: str, sparsity: str = "90"):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
-            "train", [f"experiment={experiment}", f"method={method}", f"sparsity='{sparsity}'"]
+            "train", [f"experiment={experiment}", f"method={method}", f"sparsity=s{sparsity}"]
         )
     return cfg, instantiate(cfg.method)
 

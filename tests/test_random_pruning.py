@@ -61,7 +61,7 @@ def test_bad_seed_is_a_config_error(seed):
 
 def test_end_to_end_run_reaches_the_target_and_beats_chance(tmp_path):
     run = tmp_path / "random"
-    run_cli(run, "method=random", "sparsity=50", *TINY)
+    run_cli(run, "method=random", "sparsity=s50", *TINY)
     results = json.loads((run / "results.json").read_text())
     assert results["method"] == "random"
     assert results["sparsity"] == pytest.approx(0.5, abs=1e-3)

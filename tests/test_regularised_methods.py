@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from sparse_lightning.callbacks import L0Regularization, VariationalDropout
+from sparse_lightning.config import CONF_DIR
 from sparse_lightning.export import export
 from sparse_lightning.modules import ClassificationModule
-from sparse_lightning.train import CONF_DIR
 from tests.conftest import TINY, run_cli
 from tests.toy import fit, loader, tiny_model
 

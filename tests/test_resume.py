@@ -107,7 +107,7 @@ def test_a_run_folder_of_another_run_is_refused(tmp_path):
         *RUN,
         "trainer.max_steps=40",
         "trainer.val_check_interval=20",
-        "sparsity=50",
+        "sparsity=s50",
         check=False,
     )
     assert other.returncode != 0 and "belongs to a run with overrides" in other.stderr

@@ -306,7 +306,7 @@ def test_a_short_run_prunes_part_of_the_transformer_embedding(tmp_path: Path, me
         "data.max_length=16",
         "data.max_eval_length=32", "data.num_workers=0", "task.lr_scheduler.warmup_steps=10",
         "task.val_bleu_batches=1", "task.max_decode_extra=5", "trainer.max_steps=20",
-        "trainer.val_check_interval=20", "logger=none", "sparsity=90", "method.begin_step=0",
+        "trainer.val_check_interval=20", "logger=none", "sparsity=s90", "method.begin_step=0",
         "method.end_step=0", "task.lr_scheduler.scale=10", *method,
     )  # fmt: skip
     results = json.loads((run / "results.json").read_text())

@@ -16,9 +16,9 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sparse_lightning import report
+from sparse_lightning.config import CONF_DIR
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.launch import LauncherCheck, check_launcher
-from sparse_lightning.train import CONF_DIR
 from tests.conftest import TINY, run_command, sparse_train
 
 
@@ -156,7 +156,7 @@ def test_small_grid_on_joblib_into_the_report(tmp_path: Path) -> None:
     sweep = tmp_path / "grid"
     multirun(
         sweep, "experiment=small_grid", "hydra/launcher=parallel", "method=dense,magnitude",
-        "sparsity=50,90", *TINY,
+        "sparsity=s50,s90", *TINY,
     )  # fmt: skip
     runs = finished(sweep)
     # folders named by the overrides that change results; not by the preset or the logger
@@ -164,7 +164,7 @@ def test_small_grid_on_joblib_into_the_report(tmp_path: Path) -> None:
     assert sorted(runs) == sorted(
         ",".join(sorted([*named, f"method={m}", "seed=0", f"sparsity={s}"]))
         for m in ("dense", "magnitude")
-        for s in (50, 90)
+        for s in ("s50", "s90")
     )
     assert {(r["method"], r["target_sparsity"]) for r in runs.values()} == {
         ("dense", 0.0),
@@ -210,7 +210,7 @@ method:
 hydra:
   sweeper:
     params:
-      sparsity: "'50','90'"
+      sparsity: s50,s90
 """,
 }
 

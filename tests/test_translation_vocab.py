@@ -45,7 +45,7 @@ def test_a_corpus_below_the_asked_vocabulary_trains_validates_and_tests(tmp_path
         "task.max_decode_extra=5",
         "trainer.max_steps=2",
         "trainer.val_check_interval=1",
-        "sparsity=90",
+        "sparsity=s90",
     )  # fmt: skip  (data.vocab_size stays the preset's 32000)
     pieces = spm.SentencePieceProcessor(model_file=str(corpus / "spm32000.model"))
     real = pieces.get_piece_size()

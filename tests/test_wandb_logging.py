@@ -65,7 +65,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("wandb") / "sweep"
     overrides = [o for o in TINY if not o.startswith("logger")]
     cmd = sparse_train("-m", f"hydra.sweep.dir={sweep_dir}", "logger=wandb", "method=magnitude")
-    cmd += ["sparsity=50,90", "trainer.log_every_n_steps=10", *overrides]
+    cmd += ["sparsity=s50,s90", "trainer.log_every_n_steps=10", *overrides]
     # offline, no API key, no stdin: it must never prompt for a key or upload
     result = run_command(cmd, timeout=600, cwd=sweep_dir.parent)  # several runs
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -93,7 +93,7 @@ def test_each_run_of_a_sweep_is_its_own_offline_wandb_run(sweep: Path) -> None:
             "init=standard",
         }
         config = {key(item): json.loads(item.value_json) for item in run.config.update}
-        assert config["method"]["target_sparsity"] == int(sparsity) / 100  # resolved
+        assert config["method"]["target_sparsity"] == int(sparsity.removeprefix("s")) / 100  # resolved
         assert config["trainer"]["max_steps"] == 40
         assert config["model"]["_target_"].endswith("cnn1d")
 
@@ -119,7 +119,7 @@ def test_each_run_of_a_sweep_is_its_own_offline_wandb_run(sweep: Path) -> None:
 
 
 def test_sparsity_is_logged_on_update_steps_and_every_n_steps(sweep: Path) -> None:
-    run_file = next(sweep.glob("*sparsity=90*/wandb/offline-run-*/run-*.wandb"))
+    run_file = next(sweep.glob("*sparsity=s90*/wandb/offline-run-*/run-*.wandb"))
     points = {}
     for record in read_records(run_file):
         if record.WhichOneof("record_type") != "history":

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from sparse_lightning.callbacks import MagnitudePruning
+from sparse_lightning.config import CONF_DIR
 from sparse_lightning.data.token_batches import TokenBatchSampler, token_batches
 from sparse_lightning.data.wmt import ParallelTextDataModule
 from sparse_lightning.errors import ConfigError
@@ -24,7 +25,6 @@ from sparse_lightning.masks import select_prunable
 from sparse_lightning.models.transformer import EOS_ID, build_transformer
 from sparse_lightning.modules import TranslationModule
 from sparse_lightning.modules.translation import tokenized_bleu
-from sparse_lightning.train import CONF_DIR
 from tests.conftest import run_cli
 
 EN = "the a cat dog house tree sees likes big small red green runs sleeps old new".split()
@@ -223,9 +223,9 @@ def test_sos_transformer_runs_at_laptop_size(
     tmp_path: Path, corpus: Path, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 2-thread OpenMP stalls on a busy machine
-    extra = ["sparsity=90"]
+    extra = ["sparsity=s90"]
     if method != "magnitude":  # each method with the preset's settings for it (conf/tuning/)
-        extra = [f"method={method}", "sparsity=90"]
+        extra = [f"method={method}", "sparsity=s90"]
     run_cli(tmp_path / "run", *laptop_overrides(corpus), *extra)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["model"] == "transformer_tiny" and results["steps"] == 40

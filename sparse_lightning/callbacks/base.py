@@ -88,6 +88,11 @@ class SparsityCallback(pl.Callback):
             return self.method_name
         return f"{self.method_name} at sparsity {self.mask_set.sparsity():.4f}"
 
+    def record(self) -> dict[str, Any]:
+        """What results.json records about the method that ran, beyond its name (a method whose
+        numbers depend on a choice made at run time, e.g. a kernel backend, adds it here)."""
+        return {}
+
     def check_budget(self, max_steps: int) -> None:
         """Raise ConfigError if the schedule cannot finish within ``max_steps`` optimiser steps."""
 
