@@ -1,6 +1,6 @@
 """What masking costs per training step, measured interleaved in one process.
 
-    python bench/masking.py [--repeats 30]
+    python bench/masking.py [--repeats 30] [--backend auto|native|torch]
 
 Prints one `name: value` line per figure (ratios of medians; A B A B ... so that machine noise
 hits every variant alike):
@@ -9,7 +9,8 @@ hits every variant alike):
 - torch_prune_step_over_dense: the same with torch.nn.utils.prune's forward pre-hooks;
 - mask_update_over_step: one MP mask update over the resnet50 weight set, over one resnet50
   training step (batch 8, 64x64).
-Then the reparameterised methods' figures (bench/reparameterised.py) when that module exists.
+Then the reparameterised methods' figures (bench/reparameterised.py) when that module exists,
+with the VD / l0 passes on ``--backend`` (``sparse_lightning.layers.backends``; default auto).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torchvision
 from torch import nn
 
 from sparse_lightning.callbacks import MagnitudePruning
+from sparse_lightning.layers.backends import BACKENDS, use_backend
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:
@@ -121,7 +123,9 @@ def update_ratio(repeats: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
     args = parser.parse_args()
+    print(f"backend: {use_backend(args.backend)}", flush=True)
     torch.set_num_threads(2)
     for name, value in {**step_ratios(args.repeats), **update_ratio(args.repeats)}.items():
         print(f"{name}: {value:.3f}", flush=True)
@@ -129,7 +133,7 @@ def main() -> None:
         import reparameterised  # bench/reparameterised.py: VD and l0 figures
     except ImportError:
         return
-    reparameterised.main()
+    reparameterised.main(args.backend)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ gradients, optimiser state, activations and temporaries. A fresh process per var
 variant's allocator cache from hiding another's peak; torch has no CPU allocator statistics.
 
 Prints ``name: value`` lines; ``main()`` is what ``bench/masking.py`` calls. ``--breakdown`` prints
-where the VD and l0 step time goes (an ablation, see ``breakdown``).
+where the VD and l0 step time goes (an ablation, see ``breakdown``); ``--backend
+auto|native|torch`` chooses the implementation of the VD / l0 passes
+(``sparse_lightning.layers.backends``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 # No OMP_WAIT_POLICY here: PyTorch's OpenMP threads spin after each op by default, as in every
 # training process, and passive waiting halves the dense step on two cores (129 ms against
 # 64 ms on resnet18 here), which would flatter every ratio. Measure on an idle machine.
+import argparse
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sparse_lightning.layers import L0_CLASSES, VD_CLASSES, optimizer_groups, reparameterise
+from sparse_lightning.layers.backends import BACKENDS, use_backend
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.masks import default_prunable_names
 
@@ -178,18 +182,19 @@ def peak_memory_bytes(kind: str) -> int:
     return (_status_kib("VmHWM") - baseline) * 1024
 
 
-def measure_memory(kind: str) -> int:
-    out = subprocess.run(
-        [sys.executable, __file__, "--memory", kind], capture_output=True, text=True, check=True
-    )
+def measure_memory(kind: str, backend: str) -> int:
+    command = [sys.executable, __file__, "--memory", kind, "--backend", backend]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> dict[str, float]:
-    """Print and return the four ratios (VD and l0 over dense: step time, peak memory)."""
+def main(backend: str = "auto") -> dict[str, float]:
+    """Print and return the four ratios (VD and l0 over dense: step time, peak memory), the
+    VD / l0 passes run by ``backend``."""
+    use_backend(backend)
     torch.set_num_threads(2)
     times = step_times()
-    memory = {kind: measure_memory(kind) for kind in KINDS}
+    memory = {kind: measure_memory(kind, backend) for kind in KINDS}
     results = {
         "vd_step_over_dense": times["vd"] / times["dense"],
         "l0_step_over_dense": times["l0"] / times["dense"],
@@ -202,11 +207,19 @@ def main() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--memory", choices=KINDS, help=argparse.SUPPRESS)  # one fresh process
+    args = parser.parse_args()
+    if args.memory:
+        use_backend(args.backend)
         torch.set_num_threads(2)
-        print(peak_memory_bytes(sys.argv[2]))
-    elif sys.argv[1:] == ["--breakdown"]:
+        print(peak_memory_bytes(args.memory))
+    elif args.breakdown:
+        print(f"backend: {use_backend(args.backend)}")
         torch.set_num_threads(2)
         breakdown()
     else:
-        main()
+        print(f"backend: {use_backend(args.backend)}")
+        main(args.backend)

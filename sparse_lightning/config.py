@@ -39,7 +39,7 @@ def register_resolvers() -> None:
     """Register every resolver the configs use (idempotent)."""
     from sparse_lightning.data.token_batches import accumulation_steps
     from sparse_lightning.launch import run_name, sweep_name
-    from sparse_lightning.lottery import without_init
+    from sparse_lightning.run.identity import excluded_keys, without_init
 
     resolvers = {
         "fraction_of": fraction_of,
@@ -47,6 +47,7 @@ def register_resolvers() -> None:
         "accumulation": accumulation_steps,  # micro-batches per step for a global token batch
         "unquote": unquote,
         "without_init": without_init,
+        "run_identity_excluded": excluded_keys,  # the keys that do not name a run
         "sweep_name": sweep_name,
         "run_name": run_name,
     }

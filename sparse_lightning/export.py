@@ -17,34 +17,34 @@ from pathlib import Path
 import torch
 
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.outputs import INIT_FILE, MASKS_FILE, save_torch
-from sparse_lightning.resume import CHECKPOINT_DIR, LAST_CHECKPOINT
-
-MODEL_FILE = "model.pt"
-SPARSE_MODEL_FILE = "model_sparse.pt"
-MODULE_PREFIX = "model."
+from sparse_lightning.run.folder import (
+    INIT_FILE,
+    MASKS_FILE,
+    MODEL_FILE,
+    SPARSE_MODEL_FILE,
+    last_checkpoint,
+    read_init_state,
+    read_last_model_state,
+    read_masks,
+    save_torch,
+)
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The final plain weights and the masks of a finished run folder."""
     run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    checkpoint_path = last_checkpoint(run_dir)
     for needed in (run_dir / MASKS_FILE, run_dir / INIT_FILE, checkpoint_path):
         if not needed.exists():
             raise ConfigError(f"{run_dir} is not a finished run folder: {needed.name} is missing")
-    masks = torch.load(run_dir / MASKS_FILE, map_location="cpu")
-    plain_names = torch.load(run_dir / INIT_FILE, map_location="cpu").keys()
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ConfigError(f"checkpoint {checkpoint_path} is unreadable ({error})") from None
-    module_state = checkpoint["state_dict"]
+    masks = read_masks(run_dir)
+    plain_names = read_init_state(run_dir).keys()  # the unmodified model class's names
+    trained = read_last_model_state(run_dir)
     state = {}
     for name in plain_names:
-        key = MODULE_PREFIX + name
-        if key not in module_state:
+        if name not in trained:
             raise ConfigError(f"checkpoint {checkpoint_path} has no weight '{name}'")
-        state[name] = module_state[key].clone()
+        state[name] = trained[name].clone()
     for name, keep in masks.items():
         state[name].mul_(keep)  # exact zeros even if a method stored dense values
     return state, masks

@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sparse_lightning.errors import ConfigError
+from sparse_lightning.run.identity import run_key
 
 # Launcher `_target_` -> short name used in messages.
 LAUNCHERS = {
@@ -179,9 +180,8 @@ def sweep_name() -> str | None:
 
 
 def run_name() -> str | None:
-    """The run's overrides (`method=magnitude,sparsity=s90`), as its sweep folder is named."""
+    """The run's name (`method=magnitude,sparsity=s90`), as its sweep folder is named
+    (run/identity.py); None for a run without overrides."""
     if not HydraConfig.initialized():
         return None
-    return str(HydraConfig.get().job.override_dirname).replace("'", "") or None
-
-
+    return run_key(HydraConfig.get().overrides.task) or None

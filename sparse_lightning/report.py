@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -30,18 +29,9 @@ from tqdm import tqdm
 
 from sparse_lightning import paper_results
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.outputs import RESULTS_FILE
+from sparse_lightning.run.folder import RESULTS_FILE, read_json
+from sparse_lightning.run.results import RunResults
 
-# Keys every results.json has had since the first format, with their types.
-REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "method": str,
-    "model": str,
-    "seed": int,
-    "target_sparsity": (int, float),
-    "sparsity": (int, float),
-    "layer_sparsity": dict,
-    "metrics": dict,
-}
 # the paper's metric, where a run has it: its BLEU is the tokenised one (bleu_tok)
 MAIN_METRICS = ("test/bleu_tok", "test/bleu", "test/acc")
 # what each metric is, by the name after "{stage}/" (modules/translation.py logs both BLEUs)
@@ -62,16 +52,18 @@ class Run:
     """One finished run: where it is and its results.json."""
 
     path: Path  # folder of the run, relative to the sweep folder
-    results: dict[str, Any]
+    results: RunResults
 
     @property
     def group(self) -> tuple[str, str, str]:
         r = self.results
-        return (r["model"], str(r.get("data", "")), str(r.get("init", "standard")))
+        return (r.model, str(r.data or ""), r.init.variant)
 
     @property
     def method(self) -> str:
-        return self.results["method"]
+        """The method whose masks the run has: a run that retrained another run's masks
+        (method ``fixed_mask``) is tabled under its source's method, in its init's group."""
+        return self.results.init.source_method or self.results.method
 
     @property
     def dense(self) -> bool:
@@ -79,24 +71,12 @@ class Run:
 
     @property
     def target_percent(self) -> float:
-        return round(100.0 * float(self.results["target_sparsity"]), 2)
+        return round(100.0 * float(self.results.target_sparsity), 2)
 
 
-def read_run(path: Path) -> dict[str, Any]:
-    """A results.json's content; raises ValueError saying why it cannot be used."""
-    try:
-        results = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"unreadable: {error}") from None
-    if not isinstance(results, dict):
-        raise ValueError("unreadable: not a JSON object")
-    missing = [k for k in REQUIRED if k not in results]
-    if missing:
-        raise ValueError(f"older format: missing {', '.join(missing)}")
-    wrong = [k for k, t in REQUIRED.items() if not isinstance(results[k], t)]
-    if wrong:
-        raise ValueError(f"older format: wrong type of {', '.join(wrong)}")
-    return results
+def read_run(path: Path) -> RunResults:
+    """A results.json as a record; raises ValueError saying why it cannot be used."""
+    return RunResults.from_json(read_json(path))
 
 
 def collect(folder: Path, progress: bool = True) -> tuple[list[Run], list[tuple[Path, str]]]:
@@ -118,7 +98,7 @@ def collect(folder: Path, progress: bool = True) -> tuple[list[Run], list[tuple[
 
 def main_metric(runs: Sequence[Run], requested: str | None = None) -> str:
     """``requested`` if any run has it, else the paper's metric, else the first one seen."""
-    names = sorted({k for run in runs for k in run.results["metrics"]})
+    names = sorted({k for run in runs for k in run.results.metrics})
     if requested is not None:
         if requested not in names:
             raise ConfigError(f"--metric {requested} is in no run; runs have {', '.join(names)}")
@@ -170,15 +150,15 @@ def by_group(runs: Sequence[Run]) -> dict[tuple[str, str, str], list[Run]]:
 
 # -- tables ----------------------------------------------------------------------------------
 def write_csv(runs: Sequence[Run], path: Path) -> None:
-    metrics = sorted({k for run in runs for k in run.results["metrics"]})
+    metrics = sorted({k for run in runs for k in run.results.metrics})
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([*CSV_FIELDS, *metrics])
         for run in sorted(runs, key=lambda r: str(r.path)):
-            row = {**run.results, "run": str(run.path)}
+            row = {**run.results.to_json(), "init": run.results.init.variant, "run": str(run.path)}
             writer.writerow(
                 [row.get(k, "") for k in CSV_FIELDS]
-                + [run.results["metrics"].get(m, "") for m in metrics]
+                + [run.results.metrics.get(m, "") for m in metrics]
             )
 
 
@@ -191,14 +171,14 @@ def markdown(runs: Sequence[Run], metric: str, skipped: Sequence[tuple[Path, str
     lines = ["# Sweep results", ""]
     for (model, data, init), group in by_group(runs).items():
         lines += [f"## {model} on {data}, init {init}: {unit}, mean ± std over seeds", ""]
-        dense = [r.results["metrics"][metric] for r in group if r.dense and _has(r, metric)]
+        dense = [r.results.metrics[metric] for r in group if r.dense and _has(r, metric)]
         if dense:
             lines += [f"dense: {format_cell(dense, scale)} ({len(dense)} runs)", ""]
         sparse = [r for r in group if not r.dense and _has(r, metric)]
         if sparse:
-            lines += _table(sparse, lambda r: r.results["metrics"][metric], scale)
+            lines += _table(sparse, lambda r: r.results.metrics[metric], scale)
             lines += ["Achieved sparsity (%) of the runs above:", ""]
-            lines += _table(sparse, lambda r: r.results["sparsity"], 100.0)
+            lines += _table(sparse, lambda r: r.results.sparsity, 100.0)
         lines += _paper_table(paper_results.table_for(model, tables), metric, scale)
     if skipped:
         lines += [f"## Skipped runs ({len(skipped)})", ""]
@@ -241,7 +221,7 @@ def _paper_table(table: paper_results.PaperTable | None, metric: str, scale: flo
 
 
 def _has(run: Run, metric: str) -> bool:
-    return metric in run.results["metrics"]
+    return metric in run.results.metrics
 
 
 # -- figures ---------------------------------------------------------------------------------
@@ -273,13 +253,13 @@ def plot_tradeoff(runs: Sequence[Run], metric: str, path: Path) -> list[str]:
                     points[run.target_percent].append(run)
             xs, ys, errs = [], [], []
             for _, cell in sorted(points.items()):
-                xs.append(100 * statistics.fmean(r.results["sparsity"] for r in cell))
-                mean, std = mean_std([scale * r.results["metrics"][metric] for r in cell])
+                xs.append(100 * statistics.fmean(r.results.sparsity for r in cell))
+                mean, std = mean_std([scale * r.results.metrics[metric] for r in cell])
                 ys.append(mean)
                 errs.append(std)
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=colours[method],
                         label=method)  # fmt: skip
-        dense = [r.results["metrics"][metric] for r in group if r.dense and _has(r, metric)]
+        dense = [r.results.metrics[metric] for r in group if r.dense and _has(r, metric)]
         if dense:
             ax.axhline(scale * statistics.fmean(dense), color="grey", linestyle=":", label="dense")
         table = paper_results.table_for(model, tables)
@@ -310,19 +290,19 @@ def plot_layers(runs: Sequence[Run], path: Path) -> None:
     plt = _pyplot()
     panels: dict[tuple[str, float], list[Run]] = defaultdict(list)
     for run in runs:
-        if not run.dense and run.results["layer_sparsity"]:
-            panels[(run.results["model"], run.target_percent)].append(run)
+        if not run.dense and run.results.layer_sparsity:
+            panels[(run.results.model, run.target_percent)].append(run)
     panels = dict(sorted(panels.items()))
     colours = _colours(plt, runs)
     fig, axes = plt.subplots(
         max(len(panels), 1), 1, figsize=(10, 2.6 * max(len(panels), 1)), squeeze=False
     )
     for ax, ((model, target), panel) in zip(axes[:, 0], panels.items()):
-        layers = list(dict.fromkeys(k for r in panel for k in r.results["layer_sparsity"]))
+        layers = list(dict.fromkeys(k for r in panel for k in r.results.layer_sparsity))
         methods = methods_of(panel)
         width = 0.8 / len(methods)
         for i, method in enumerate(methods):
-            cell = [r.results["layer_sparsity"] for r in panel if r.method == method]
+            cell = [r.results.layer_sparsity for r in panel if r.method == method]
             heights = [100 * statistics.fmean(ls.get(n, 0.0) for ls in cell) for n in layers]
             ax.bar([j + i * width for j in range(len(layers))], heights, width,
                    color=colours[method], label=method)  # fmt: skip

@@ -8,7 +8,6 @@ A folder whose recorded overrides differ from this run's belongs to another run:
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -16,16 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.outputs import MASKS_FILE, RESULTS_FILE, write_json
-
-RUN_FILE = "run.json"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
+from sparse_lightning.run.folder import (
+    CHECKPOINT_DIR,
+    MASKS_FILE,
+    PREVIOUS_DIR,
+    RESULTS_FILE,
+    RUN_FILE,
+    last_checkpoint,
+    read_checkpoint,
+    read_json,
+    write_json,
+)
+from sparse_lightning.run.identity import identity_overrides
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ def plan_run(
     if resume not in ("auto", True, False):
         raise ConfigError(f"resume={resume!r} is not one of auto, true, false")
     _check_same_run(run_dir, overrides)
-    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    last = last_checkpoint(run_dir)
     if (run_dir / RESULTS_FILE).exists():
         if skip_finished:
             return RunPlan(finished=True)
@@ -60,39 +65,38 @@ def plan_run(
 def record_run(run_dir: Path, overrides: list[str]) -> None:
     """Mark the folder as this run's, so a run with other overrides never writes into it."""
     if not (run_dir / RUN_FILE).exists():
-        write_json(run_dir / RUN_FILE, {"overrides": sorted(_relevant(overrides))})
-
-
-def _relevant(overrides: list[str]) -> list[str]:
-    ignored = ("hydra.", "resume=", "skip_finished=", "logger")
-    return [o for o in overrides if not o.lstrip("+~").startswith(ignored)]
+        write_json(run_dir / RUN_FILE, {"overrides": identity_overrides(overrides)})
 
 
 def _check_same_run(run_dir: Path, overrides: list[str]) -> None:
     path = run_dir / RUN_FILE
     if not path.exists():
         return
-    recorded = json.loads(path.read_text()).get("overrides", [])
-    if sorted(_relevant(overrides)) != recorded:
+    try:
+        recorded = read_json(path).get("overrides", [])
+    except ValueError as error:
+        raise ConfigError(f"{path} is {error}; delete it or choose another hydra.run.dir") from None
+    ours = identity_overrides(overrides)
+    if ours != recorded:
         raise ConfigError(
             f"run folder {run_dir} belongs to a run with overrides {recorded}, not "
-            f"{sorted(_relevant(overrides))}; choose another hydra.run.dir"
+            f"{ours}; choose another hydra.run.dir"
         )
 
 
 def _checkpoint_step(path: Path) -> int:
+    hint = "delete it or run with resume=false"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return int(checkpoint["global_step"])
-    except Exception as error:  # any unreadable file: say which and why, in one line
-        raise ConfigError(
-            f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
-            "delete it or run with resume=false"
-        ) from None
+        checkpoint = read_checkpoint(path, mmap=True)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; {hint}") from None
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint; {hint}")
+    return int(checkpoint["global_step"])
 
 
 def _move_aside(run_dir: Path) -> None:
-    target = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir / PREVIOUS_DIR / time.strftime("%Y%m%d-%H%M%S")
     target.mkdir(parents=True)
     for name in (RESULTS_FILE, MASKS_FILE, CHECKPOINT_DIR):
         if (run_dir / name).exists():

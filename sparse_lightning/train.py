@@ -24,25 +24,27 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from sparse_lightning.callbacks.base import SparsityCallback
-from sparse_lightning.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
-from sparse_lightning.callbacks.rng_state import RngStateCheckpoint
 from sparse_lightning.callbacks.sparsity_monitor import publish_results
-from sparse_lightning.checkpoint_io import AtomicCheckpointIO
 from sparse_lightning.config import CONF_DIR, register_resolvers
 from sparse_lightning.errors import ConfigError, UsageError, describe_bad_input, one_line
+from sparse_lightning.init.variants import InitVariant, prepare_init
 from sparse_lightning.launch import check_launcher
 from sparse_lightning.layers import strip_reparameterisation as plain_parameters
-from sparse_lightning.lottery import InitVariant, prepare_init
 from sparse_lightning.masks import strip_masks
-from sparse_lightning.outputs import (
+from sparse_lightning.resume import plan_run, record_run
+from sparse_lightning.run.checkpoint_io import AtomicCheckpointIO
+from sparse_lightning.run.finite_loss import FiniteLossGuard, NonFiniteLossError
+from sparse_lightning.run.folder import (
     INIT_FILE,
     MASKS_FILE,
     RESULTS_FILE,
+    last_checkpoint,
     read_results,
     save_torch,
-    write_json,
+    write_results,
 )
-from sparse_lightning.resume import CHECKPOINT_DIR, LAST_CHECKPOINT, plan_run, record_run
+from sparse_lightning.run.results import RunResults
+from sparse_lightning.run.rng_state import RngStateCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def assemble(cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[pl.Callba
     return Run(method, init, datamodule, model, module, trainer, logger)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig) -> RunResults:
     """One run; returns the results that were written to ``results.json``."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -155,30 +157,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint)
     # The final state, whatever the checkpoint interval: export and resume read it.
-    trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT)
+    trainer.save_checkpoint(last_checkpoint(run_dir))
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
 
-    results = {
-        "method": choices.get("method"),
-        "model": choices.get("model"),
-        "data": choices.get("data"),
-        "init": cfg.init.variant,
-        "seed": cfg.seed,
-        "target_sparsity": method.target_sparsity,
-        "sparsity": mask_set.sparsity(),
-        "layer_sparsity": mask_set.layer_sparsity(),
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "steps": trainer.global_step,
-        "seconds": time.time() - started,
-        "parameters": sum(
+    results = RunResults(
+        # what ran: a retrain init variant runs the fixed-mask callback instead of cfg.method
+        method=method.method_name if run.init.replaces_method else choices.get("method"),
+        model=choices.get("model"),
+        data=choices.get("data"),
+        init=run.init.record(mask_set),
+        seed=cfg.seed,
+        target_sparsity=method.target_sparsity,
+        sparsity=mask_set.sparsity(),
+        layer_sparsity=mask_set.layer_sparsity(),
+        metrics={k: float(v) for k, v in metrics.items()},
+        steps=trainer.global_step,
+        seconds=time.time() - started,
+        parameters=sum(
             p.numel() for p in plain_parameters(dict(run.model.named_parameters())).values()
         ),
-        "overrides": overrides,
-        "resumed_from_step": plan.resumed_from_step,
-        **run.init.results(mask_set),
-    }
+        overrides=overrides,
+        resumed_from_step=plan.resumed_from_step,
+        method_details=method.record(),
+    )
     write_outputs(run_dir, results, mask_set.masks())
-    publish_results(run.logger, results)
+    publish_results(run.logger, results.to_json())
     print_summary(run_dir, results)
     return results
 
@@ -192,19 +195,19 @@ def save_init(run_dir: Path, model: Any) -> None:
 
 
 @rank_zero_only
-def write_outputs(run_dir: Path, results: dict[str, Any], masks: dict[str, Any]) -> None:
+def write_outputs(run_dir: Path, results: RunResults, masks: dict[str, Any]) -> None:
     save_torch(run_dir / MASKS_FILE, masks)
-    write_json(run_dir / RESULTS_FILE, results)  # last: its presence means the run finished
+    write_results(run_dir, results)  # last: its presence means the run finished
 
 
 @rank_zero_only
-def print_summary(run_dir: Path, results: dict[str, Any]) -> None:
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
+def print_summary(run_dir: Path, results: RunResults) -> None:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in results.metrics.items())
     print(
-        f"\n{results['method']} on {results['model']}/{results['data']}: "
-        f"{results['parameters']:,} dense-equivalent parameters, "
-        f"sparsity {results['sparsity']:.4f} (target {results['target_sparsity']:.2f}), "
-        f"{metrics}; {results['steps']} steps in {results['seconds']:.0f} s\n"
+        f"\n{results.method} on {results.model}/{results.data}: "
+        f"{results.parameters:,} dense-equivalent parameters, "
+        f"sparsity {results.sparsity:.4f} (target {results.target_sparsity:.2f}), "
+        f"{metrics}; {results.steps} steps in {results.seconds:.0f} s\n"
         f"outputs: {run_dir} ({RESULTS_FILE}, {MASKS_FILE}, {INIT_FILE}, checkpoints/)"
     )
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from sparse_lightning.checkpoint_io import AtomicCheckpointIO
-from sparse_lightning.outputs import save_torch, write_json
+from sparse_lightning.run.checkpoint_io import AtomicCheckpointIO
+from sparse_lightning.run.folder import save_torch, write_json
 
 OLD = b"the previous, complete file\n"
 

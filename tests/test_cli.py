@@ -18,7 +18,7 @@ def magnitude_run(tmp_path_factory):
 def test_results_json_has_every_field_and_the_schedules_sparsity(magnitude_run):
     run_dir, _ = magnitude_run
     results = json.loads((run_dir / "results.json").read_text())
-    for key in [
+    assert list(results) == [
         "method",
         "model",
         "data",
@@ -30,8 +30,18 @@ def test_results_json_has_every_field_and_the_schedules_sparsity(magnitude_run):
         "metrics",
         "steps",
         "seconds",
-    ]:
-        assert key in results
+        "parameters",
+        "overrides",
+        "resumed_from_step",
+        "method_details",
+    ]
+    assert results["init"]["variant"] == "standard" and results["init"]["mask_from"] is None
+    assert isinstance(results["method_details"], dict)
+    assert results["overrides"] == [
+        *TINY,
+        "sparsity=s80",
+        "callbacks.checkpoint.every_n_train_steps=10",
+    ]
     assert (results["method"], results["model"], results["data"]) == (
         "magnitude",
         "cnn1d",

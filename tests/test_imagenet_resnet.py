@@ -5,37 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from PIL import Image
 from torch import nn
 
 from sparse_lightning.config import CONF_DIR
 from sparse_lightning.data.imagenet import ImageFolderDataModule
+from sparse_lightning.data.toy import NUM_CLASSES, make_image_folder
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.lr_schedules import warmup_step_decay
 from sparse_lightning.masks import select_prunable
 from sparse_lightning.models.resnet import build_resnet
 from tests.conftest import run_cli
-
-NUM_CLASSES = 5
-
-
-def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40) -> Path:
-    """A tiny ImageFolder tree of random JPEGs: root/{split}/class_<k>/<i>.JPEG."""
-    rng = np.random.default_rng(0)
-    for split, count in per_class.items():
-        for k in range(NUM_CLASSES):
-            folder = root / split / f"class_{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
-                pixels[..., k % 3] = 40 * k  # a class-dependent colour channel
-                Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=85)
-    return root
 
 
 @pytest.fixture(scope="module")

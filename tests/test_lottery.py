@@ -18,11 +18,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
-from sparse_lightning.callbacks.rewind import load_rewind
 from sparse_lightning.config import CONF_DIR
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.lottery import augmented_weight, check_same_model, prepare_init
-from tests.conftest import TINY, run_cli
+from sparse_lightning.init.augmented import augmented_weight
+from sparse_lightning.init.variants import check_same_model, prepare_init
+from sparse_lightning.run.folder import read_rewind
+from tests.conftest import TINY, run_cli, run_in_process
 
 VARIANTS = ("scratch_e", "scratch_b", "lottery", "augmented")
 REWIND_STEP = 2  # lottery_stage1 saves rewind.pt after 5 % of TINY's 40 steps
@@ -87,18 +88,23 @@ def test_masks_are_the_sources_and_pruned_weights_stay_zero(stage1, stage2, vari
         assert bool((start[name][~keep] == 0).all())
         assert bool((state[f"model.{name}"][keep] != start[name][keep]).any())  # it trained
     got, src = results(run), results(stage1)
-    assert got["sparsity"] == src["sparsity"] and got["masks_equal_source"] is True
+    assert got["sparsity"] == src["sparsity"] and got["init"]["masks_equal_source"] is True
     assert got["layer_sparsity"] == src["layer_sparsity"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_results_record_the_variant_and_the_interpolated_source(stage1, stage2, variant):
     got = results(stage2[variant])
-    assert got["init"] == variant and Path(got["mask_from"]) == stage1
-    assert got["method"] == "magnitude" and got["target_sparsity"] == 0.7
-    assert got["budget_factor"] == (2.0 if variant == "scratch_b" else 1.0)
-    assert got["rewind_step"] is None and got["source_steps"] == 40
-    assert results(stage1)["init"] == "standard" and results(stage1)["save_rewind_step"] == 2
+    init = got["init"]
+    assert init["variant"] == variant and Path(init["mask_from"]) == stage1
+    # what ran is the fixed-mask callback; the source's method is in the init record
+    assert got["method"] == "fixed_mask" and init["source_method"] == "magnitude"
+    assert got["target_sparsity"] == 0.7
+    assert init["budget_factor"] == (2.0 if variant == "scratch_b" else 1.0)
+    assert init["rewind_step"] is None and init["source_steps"] == 40
+    source = results(stage1)
+    assert source["method"] == "magnitude" and source["init"]["variant"] == "standard"
+    assert source["init"]["save_rewind_step"] == 2
 
 
 # -- starting weights -------------------------------------------------------------------------
@@ -111,7 +117,7 @@ def test_lottery_starts_from_the_sources_init_bit_for_bit(stage1, stage2):
 
 
 def test_rewinding_starts_from_rewind_pt_bit_for_bit(stage1):
-    step, rewound = load_rewind(stage1 / "rewind.pt")
+    step, rewound = read_rewind(stage1)
     assert step == REWIND_STEP
     cfg = compose_cfg(
         *TINY, "init=lottery", f"init.mask_from='{stage1}'", f"init.rewind_step={REWIND_STEP}"
@@ -141,7 +147,7 @@ def test_fresh_variants_differ_from_the_source_init(stage1, stage2, variant):
     for name, keep in load(stage1, "masks.pt").items():
         differ = (start[name][keep] != source_init[name][keep]).float().mean().item()
         assert differ > 0.99, (name, differ)
-    assert results(stage2[variant])["init_seed"] != results(stage1)["seed"]
+    assert results(stage2[variant])["init"]["init_seed"] != results(stage1)["seed"]
 
 
 def test_steps_and_lr_schedule_scale_with_the_budget(stage2):
@@ -215,7 +221,7 @@ def test_rewinding_through_the_cli_starts_training_from_rewind_pt(stage1, tmp_pa
     run_cli(
         run, *TINY, "init=lottery", f"init.mask_from='{stage1}'", f"init.rewind_step={REWIND_STEP}"
     )
-    _, rewound = load_rewind(stage1 / "rewind.pt")
+    _, rewound = read_rewind(stage1)
     start, masks = load(run, "init.pt"), load(stage1, "masks.pt")
     assert rewound.keys() == start.keys()
     for name, tensor in rewound.items():
@@ -223,7 +229,7 @@ def test_rewinding_through_the_cli_starts_training_from_rewind_pt(stage1, tmp_pa
         assert torch.equal(start[name][keep], tensor[keep]), name
         if name in masks:
             assert bool((start[name][~keep] == 0).all())
-    assert results(run)["rewind_step"] == REWIND_STEP
+    assert results(run)["init"]["rewind_step"] == REWIND_STEP
 
 
 def test_augmented_refuses_a_layer_it_has_no_rule_for():
@@ -297,3 +303,25 @@ def test_rewinding_without_rewind_pt_says_how_to_rerun(stage1, tmp_path):
     cfg = compose_cfg(*TINY, "init=lottery", f"init.mask_from='{copy}'", "init.rewind_step=3")
     with pytest.raises(ConfigError, match="has no rewind.pt; re-run it: .*init.save_rewind_step=3"):
         prepare_init(cfg)
+
+
+# -- the method that ran ----------------------------------------------------------------------
+def test_an_explicit_method_with_a_retrain_variant_is_one_line_before_any_work(
+    stage1, tmp_path, capsys
+):
+    overrides = ["init=scratch_e", f"init.mask_from='{stage1}'", "method=random", *TINY]
+    assert run_in_process(tmp_path, *overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "sparse-train: error: method=random has no effect with init=scratch_e"
+    ), err
+    assert not (tmp_path / "init.pt").exists() and not (tmp_path / "run.json").exists()
+
+
+def test_the_method_override_is_refused_only_where_the_variant_replaces_the_method(stage1):
+    retrain = ["init=lottery", f"init.mask_from='{stage1}'"]
+    with pytest.raises(ConfigError, match="method=dense has no effect with init=lottery"):
+        prepare_init(compose_cfg(*TINY, *retrain, "method=dense"), [*retrain, "method=dense"])
+    # the same override with the standard init, and a retrain variant without one: accepted
+    prepare_init(compose_cfg(*TINY, "method=dense"), ["method=dense"])
+    assert prepare_init(compose_cfg(*TINY, *retrain), retrain).replaces_method

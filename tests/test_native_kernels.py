@@ -1,5 +1,6 @@
-"""The fused C kernels (layers/kernels.c) give the values and gradients of the VD and l0 formulas,
-independently of the thread count, and the PyTorch path takes over where they cannot be built."""
+"""Both backends give the values and gradients of the VD and l0 formulas (against float64
+autograd); the fused C kernels (layers/backends/kernels.c) do so independently of the thread
+count, and the PyTorch path takes over where they cannot be built."""
 
 from __future__ import annotations
 
@@ -11,15 +12,25 @@ from functools import lru_cache
 import pytest
 import torch
 
-from sparse_lightning.layers import l0, native
+from sparse_lightning.layers import backends, l0
 from sparse_lightning.layers import variational_dropout as vd
+from sparse_lightning.layers.backends import build, native
 from sparse_lightning.layers.l0 import BETA, GAMMA, ZETA
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.variational_dropout import K1, K2, K3
 
-pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler on this machine")
+needs_kernels = pytest.mark.skipif(build.library() is None, reason="no C compiler on this machine")
 
-N = 3 * native.BLOCK + 123  # several blocks and a partial one
+N = 3 * build.BLOCK + 123  # several blocks and a partial one
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request):
+    """Each backend in turn (the native one where the kernels can be built)."""
+    if request.param == "native" and build.library() is None:
+        pytest.skip("no C compiler on this machine")
+    yield backends.use_backend(request.param)
+    backends.use_backend("auto")
 
 
 def vd_inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +125,7 @@ def assert_close_relative(actual, expected, scales, rtol):
         )
 
 
-def test_vd_kernel_matches_autograd_of_the_formulas():
+def test_vd_terms_match_autograd_of_the_formulas(backend):
     theta, log_sigma2 = vd_inputs()
     fused = values_and_grads(lambda t, s: vd.variance_and_kl(t, s), (theta, log_sigma2))
     reference = values_and_grads(vd_reference, (theta, log_sigma2), torch.float64)
@@ -122,7 +133,7 @@ def test_vd_kernel_matches_autograd_of_the_formulas():
     assert_close_relative(fused, reference, vd_magnitudes(theta, log_sigma2), rtol=1e-4)
 
 
-def test_l0_kernel_matches_autograd_of_the_formulas():
+def test_l0_gates_match_autograd_of_the_formulas(backend):
     theta, log_alpha, u = l0_inputs()
 
     def fused(t, la, u):
@@ -146,16 +157,23 @@ def scaled_vd_reference(theta, log_sigma2):
     return vd_reference(theta, log_sigma2 + (log_sigma2 - log_sigma2.detach()))
 
 
-def test_the_kernels_take_over_from_pytorch_with_the_same_numbers(monkeypatch):
-    theta, log_sigma2 = vd_inputs()
-    native_vd = values_and_grads(lambda t, s: vd.variance_and_kl(t, s, None, 2.0), vd_inputs())
-    monkeypatch.setattr(native, "library", lambda: None)
-    assert not native.applies(theta)
-    pytorch_vd = values_and_grads(lambda t, s: vd.variance_and_kl(t, s, None, 2.0), vd_inputs())
+@needs_kernels
+def test_the_backends_agree_on_the_vd_terms_with_a_gradient_scale():
+    def terms():
+        return values_and_grads(lambda t, s: vd.variance_and_kl(t, s, None, 2.0), vd_inputs())
+
+    try:
+        backends.use_backend("native")
+        native_vd = terms()
+        backends.use_backend("torch")
+        pytorch_vd = terms()
+    finally:
+        backends.use_backend("auto")
     scales = vd_magnitudes(*vd_inputs(), reference=scaled_vd_reference)
     assert_close_relative(native_vd, pytorch_vd, scales, rtol=2e-5)  # both float32
 
 
+@needs_kernels
 def test_results_do_not_depend_on_the_thread_count():
     theta, log_sigma2 = vd_inputs()
     before = torch.get_num_threads()
@@ -172,72 +190,81 @@ def test_results_do_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
+@needs_kernels
 def test_only_cpu_float32_contiguous_tensors_take_the_kernels():
     x = torch.zeros(8, 4)
-    assert native.applies(x, x)
-    assert not native.applies(x.double())
-    assert not native.applies(x.t())
-    assert not native.applies(x, torch.zeros(3))
+    assert backends.fused(x, x) is native
+    assert backends.fused(x.double()) is None
+    assert backends.fused(x.t()) is None
+    assert backends.fused(x, torch.zeros(3)) is None
 
 
+@needs_kernels
 @pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "thread-pool"])
 def test_the_library_is_built_once_into_the_cache(tmp_path, monkeypatch, openmp):
-    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
-    runtime = native.openmp_runtime() if openmp else None
-    first = native._build(native._compiler(), runtime)
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    runtime = build.openmp_runtime() if openmp else None
+    first = build.build(build.compiler(), runtime)
     mtime = first.stat().st_mtime_ns
-    assert native._build(native._compiler(), runtime) == first
+    assert build.build(build.compiler(), runtime) == first
     assert first.stat().st_mtime_ns == mtime
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
 
 
+@needs_kernels
 def test_kernels_share_pytorchs_openmp_threads_where_pytorch_has_openmp():
-    runtime = native.openmp_runtime()
+    runtime = build.openmp_runtime()
     if runtime is None:
         pytest.skip("PyTorch loaded no OpenMP runtime here")
-    assert native.library().kernels_use_openmp() == 1
+    assert build.library().kernels_use_openmp() == 1
 
 
 def test_without_a_compiler_the_pytorch_ops_run_and_say_why(monkeypatch, caplog):
-    monkeypatch.setattr(native, "_compiler", lambda: None)
-    native.library.cache_clear()
+    monkeypatch.setattr(build, "compiler", lambda: None)
+    build.library.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
-            assert native.library() is None
+            assert build.library() is None
         assert "no C compiler" in caplog.text
+        assert backends.active() == "torch"
         theta, log_sigma2 = vd_inputs()
         sigma2, _ = vd.variance_and_kl(theta, log_sigma2)
         torch.testing.assert_close(sigma2, vd.clipped_sigma2(theta, log_sigma2))
     finally:
-        native.library.cache_clear()
+        build.library.cache_clear()
 
 
+@needs_kernels
 def test_disabled_by_the_environment(monkeypatch):
-    monkeypatch.setenv(native.DISABLE_ENV, "0")
-    native.library.cache_clear()
+    monkeypatch.setenv(build.DISABLE_ENV, "0")
+    build.library.cache_clear()
     try:
-        assert native.library() is None
+        assert build.library() is None
+        assert backends.use_backend("auto") == "torch"
     finally:
-        monkeypatch.delenv(native.DISABLE_ENV)
-        native.library.cache_clear()
-        assert native.library() is not None
+        monkeypatch.delenv(build.DISABLE_ENV)
+        build.library.cache_clear()
+        assert build.library() is not None
+        assert backends.use_backend("auto") == "native"
 
 
 def thread_pool_library():
     """The kernels built without OpenMP: ``run_blocks`` threads them with its own pool."""
-    library = native._load(native._compiler(), None)
+    library = build.load(build.compiler(), None)
     assert library.kernels_use_openmp() == 0
     return library
 
 
+@needs_kernels
 def test_openmp_and_the_thread_pool_give_identical_numbers(monkeypatch):
     openmp = values_and_grads(vd.variance_and_kl, vd_inputs())
-    monkeypatch.setattr(native, "library", thread_pool_library)
+    monkeypatch.setattr(build, "library", thread_pool_library)
     pooled = values_and_grads(vd.variance_and_kl, vd_inputs())
     for a, b in zip(openmp, pooled):
         assert torch.equal(a, b)
 
 
+@needs_kernels
 def test_a_forked_child_gets_its_own_thread_pool():
     import multiprocessing
 
@@ -255,12 +282,12 @@ def _sum_of_sigma2_in_a_child() -> float:
     # torch runs single-threaded in a forked child (GNU OpenMP is not fork-safe); pretend two
     # threads so that the thread-pool kernels use the pool
     torch.get_num_threads = lambda: 2
-    native.library = lru_cache(maxsize=1)(thread_pool_library)
+    build.library = lru_cache(maxsize=1)(thread_pool_library)
     theta, log_sigma2 = vd_inputs()
     return float(vd.variance_and_kl(theta, log_sigma2)[0].sum())
 
 
-def test_the_sampled_output_and_its_gradients_match_the_formula():
+def test_the_sampled_output_and_its_gradients_match_the_formula(backend):
     g = torch.Generator().manual_seed(2)
     mean = torch.randn(N, generator=g)
     variance = torch.rand(N, generator=g) * 3
@@ -268,7 +295,7 @@ def test_the_sampled_output_and_its_gradients_match_the_formula():
     noise = torch.randn(N, generator=g)
     grad = torch.randn(N, generator=g)
     results = []
-    for dtype in (torch.float32, torch.float64):  # the kernel; PyTorch ops
+    for dtype in (torch.float32, torch.float64):  # the backend; PyTorch ops in float64
         m = mean.to(dtype, copy=True).requires_grad_()
         v = variance.to(dtype, copy=True).requires_grad_()
         out = vd.sample_output(m * 1.0, v * 1.0, noise.to(dtype).clone())
@@ -296,12 +323,14 @@ def test_the_sampled_output_and_its_gradients_match_the_formula():
         ),
     ],
 )
+@needs_kernels
 def test_philox_matches_the_published_known_answers(counter, key, expected):
     words = (ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), (ctypes.c_uint32 * 4)()
-    native.library().philox4x32_10(*words)
+    build.library().philox4x32_10(*words)
     assert list(words[2]) == expected
 
 
+@needs_kernels
 def test_uniform_draws_do_not_depend_on_the_thread_count_and_continue_across_draws():
     before = torch.get_num_threads()
     runs = []
@@ -318,6 +347,7 @@ def test_uniform_draws_do_not_depend_on_the_thread_count_and_continue_across_dra
     assert not torch.equal(first[:1000], second[:1000])  # the second draw uses new counters
 
 
+@needs_kernels
 def test_normal_draws_have_the_standard_normal_quantiles():
     z = NoiseSource(11).normal_(torch.empty(1 << 20))
     probabilities = torch.tensor([0.001, 0.02275, 0.15866, 0.5, 0.84134, 0.97725, 0.999])
@@ -326,6 +356,7 @@ def test_normal_draws_have_the_standard_normal_quantiles():
     assert abs(z.mean().item()) < 0.005 and abs(z.std().item() - 1) < 0.005
 
 
+@needs_kernels
 def test_the_fused_vd_sample_draws_the_noise_sources_normals():
     mean, variance = torch.zeros(N), torch.ones(N)  # sqrt(1 + eps) == 1 in float32
     m, v = mean.clone().requires_grad_(), variance.clone().requires_grad_()

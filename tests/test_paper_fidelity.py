@@ -10,7 +10,6 @@ FC kernels only), ``sparse_transformer/layers/sparse_modalities.py`` (embedding 
 from __future__ import annotations
 
 import functools
-import json
 import math
 
 import pytest
@@ -20,10 +19,12 @@ from hydra.utils import instantiate
 from torch import nn
 
 from sparse_lightning.config import CONF_DIR
-from sparse_lightning.lottery import augmented_weight, prepare_init
+from sparse_lightning.init.augmented import augmented_weight
+from sparse_lightning.init.variants import prepare_init
 from sparse_lightning.models.resnet import build_resnet
 from sparse_lightning.models.transformer import build_transformer
-from sparse_lightning.outputs import MASKS_FILE, RESULTS_FILE
+from sparse_lightning.run.folder import MASKS_FILE, write_results
+from sparse_lightning.run.results import InitRecord, RunResults
 
 LEVELS = ["50", "60", "70", "80", "90", "95", "98"]
 RN50_STEPS, TRANSFORMER_STEPS = 128_000, 500_000
@@ -177,9 +178,7 @@ def test_resnet50_variational_dropout_takes_its_runs_label_smoothing(level):
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_transformer_variational_dropout_takes_its_runs_regulariser(level):
-    cfg = composed(
-        "experiment=sos_transformer", "method=variational_dropout", f"sparsity=s{level}"
-    )
+    cfg = composed("experiment=sos_transformer", "method=variational_dropout", f"sparsity=s{level}")
     ramp, begin, end, weight, threshold = TRANSFORMER_VD[level]
     callback = instantiate(cfg.method)
     assert (callback.ramp, callback.threshold) == (ramp, threshold)
@@ -276,7 +275,8 @@ def test_default_task_still_decays_every_parameter():
 # -- scratch-b stretches every LR schedule -------------------------------------------------------
 def source_run(folder, steps: int):
     folder.mkdir()
-    (folder / RESULTS_FILE).write_text(json.dumps({"steps": steps, "seed": 0, "sparsity": 0.5}))
+    record = RunResults("magnitude", "cnn1d", "mnist1d", InitRecord(), 0, 0.5, 0.5, {}, {}, steps)
+    write_results(folder, record)
     torch.save({}, folder / MASKS_FILE)
     return folder
 

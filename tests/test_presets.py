@@ -1,4 +1,4 @@
-"""The paper presets give every method its own settings (conf/tuning/<experiment>/<method>.yaml):
+"""The paper presets give every method its own settings (conf/tuned/<preset>/<method>/<level>.yaml):
 all five methods compose and build under both presets, with nothing of another method's."""
 
 import pytest
@@ -14,7 +14,8 @@ PRESETS = {  # the MP schedule at 90 % as fractions of the run (every level: tes
     "sos_resnet50": (0.3125, 0.59375),
     "sos_transformer": (0.0, 0.8),
 }
-EXTRA_TUNING = {"sos_resnet50_extended/magnitude"}  # "MP extended" is magnitude pruning only
+EXTENDED = "sos_resnet50_extended"  # "MP extended" is magnitude pruning only
+LEVELS = ["s50", "s60", "s70", "s80", "s90", "s95", "s98"]
 
 
 def method_of(experiment: str, method: str, sparsity: str = "90"):
@@ -53,19 +54,40 @@ def test_variational_dropout_uses_the_paper_initialisation_of_each_model(experim
 
 def test_without_a_preset_the_default_settings_hold():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", ["method=variational_dropout"])
+        cfg = compose("train", ["method=variational_dropout"], return_hydra_config=True)
     assert cfg.method.log_sigma2_init == -10.0
-    assert cfg.method.kl_weight == cfg.sparsity.vd.kl_weight
+    assert cfg.hydra.runtime.choices.tuning == "default"
+    # the default run's 90 % weight, from its tuned file
+    assert cfg.method.kl_weight == 8.0e-6
 
 
-def test_every_tuning_file_belongs_to_a_preset_and_a_method():
+@pytest.mark.parametrize(("level", "kl_weight", "l0_weight"), [("s50", 1.4e-6, 6.0e-6)])
+def test_the_default_run_takes_its_tuned_weight_at_each_level(level, kl_weight, l0_weight):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        vd = compose("train", ["method=variational_dropout", f"sparsity={level}"])
+        l0 = compose("train", ["method=l0", f"sparsity={level}"])
+        untuned = compose("train", ["method=l0", f"sparsity={level}", "tuning=none"])
+    assert (vd.method.kl_weight, l0.method.weight) == (kl_weight, l0_weight)
+    assert untuned.method.weight == 5.0e-4  # the method's own default
+
+
+def test_every_tuned_file_belongs_to_a_tuning_set_a_method_and_a_level():
     files = {
-        p.relative_to(CONF_DIR / "tuning").with_suffix("").as_posix()
-        for p in (CONF_DIR / "tuning").rglob("*.yaml")
+        p.relative_to(CONF_DIR / "tuned").with_suffix("").as_posix()
+        for p in (CONF_DIR / "tuned").rglob("*.yaml")
     }
-    pairs = {f"{experiment}/{method}" for experiment in PRESETS for method in METHODS}
-    pairs |= EXTRA_TUNING
-    assert files <= pairs, f"tuning files no preset/method selects: {sorted(files - pairs)}"
+    sets = {p.stem for p in (CONF_DIR / "tuning").glob("*.yaml")}
+    methods = {p.stem for p in (CONF_DIR / "method").glob("*.yaml")}
+    levels = {p.stem for p in (CONF_DIR / "sparsity").glob("*.yaml")}
+    stray = {
+        f
+        for f in files
+        if not (lambda s, m, lv: s in sets and m in methods and lv in levels)(*f.split("/"))
+    }
+    assert not stray, f"tuned files no (tuning, method, sparsity) choice selects: {sorted(stray)}"
+    for preset in PRESETS:
+        assert {f"{preset}/{m}/{lv}" for m in METHODS if m != "dense" for lv in LEVELS} <= files
+    assert {f"{EXTENDED}/magnitude/{lv}" for lv in LEVELS} <= files
 
 
 @pytest.mark.parametrize("experiment", PRESETS)
@@ -106,3 +128,20 @@ def test_a_global_batch_that_does_not_divide_stops_with_one_line(overrides, tmp_
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert err.startswith("sparse-train: error: global_tokens=16384 is not a whole multiple")
+
+
+TUNED = sorted(
+    p.relative_to(CONF_DIR / "tuned").with_suffix("").as_posix()
+    for p in (CONF_DIR / "tuned").rglob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("tuned", TUNED)
+def test_every_tuned_file_composes_under_its_choices_and_its_method_builds(tuned):
+    tuning, method, level = tuned.split("/")
+    experiment = [] if tuning == "default" else [f"experiment={tuning}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [*experiment, f"method={method}", f"sparsity={level}"])
+    callback = instantiate(cfg.method)
+    assert callback.method_name == method
+    callback.check_budget(cfg.trainer.max_steps)

@@ -6,8 +6,9 @@ import pytorch_lightning as pl
 import torch
 
 from sparse_lightning.callbacks import L0Regularization, VariationalDropout
-from sparse_lightning.layers import l0, native, noise
+from sparse_lightning.layers import l0, noise
 from sparse_lightning.layers import variational_dropout as vd
+from sparse_lightning.layers.backends import build as native
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.workspace import Workspace
 from tests.toy import fit

@@ -13,6 +13,8 @@ import matplotlib.image
 import pytest
 
 from sparse_lightning import paper_results, report
+from sparse_lightning.run.folder import read_results, write_results
+from sparse_lightning.run.results import InitRecord, RunResults
 
 LAYERS = {"conv.weight": 0.0, "fc.weight": 0.0}
 # (method, target, seed) -> test/acc; chosen so every cell's mean and std are easy to check.
@@ -31,22 +33,22 @@ ACC = {
 def write_run(root: Path, model: str, method: str, target: float, seed: int, acc: float) -> Path:
     run = root / f"method={method},model={model},seed={seed},sparsity={int(target * 100)}"
     run.mkdir(parents=True)
-    results = {
-        "method": method,
-        "model": model,
-        "data": "mnist1d",
-        "init": "standard",
-        "seed": seed,
-        "target_sparsity": target,
-        "sparsity": target * 0.99,
-        "layer_sparsity": {"conv.weight": target * 0.8, "fc.weight": target},
-        "metrics": {"test/acc": acc, "test/loss": 1.0 - acc},
-        "steps": 40,
-        "seconds": 1.5,
-        "parameters": 1000,
-        "overrides": [f"method={method}"],
-    }
-    (run / "results.json").write_text(json.dumps(results))
+    results = RunResults(
+        method=method,
+        model=model,
+        data="mnist1d",
+        init=InitRecord("standard"),
+        seed=seed,
+        target_sparsity=target,
+        sparsity=target * 0.99,
+        layer_sparsity={"conv.weight": target * 0.8, "fc.weight": target},
+        metrics={"test/acc": acc, "test/loss": 1.0 - acc},
+        steps=40,
+        seconds=1.5,
+        parameters=1000,
+        overrides=[f"method={method}"],
+    )
+    write_results(run, results)
     return run
 
 
@@ -169,10 +171,10 @@ def test_the_shipped_paper_numbers_are_the_papers():
 def write_bleu_run(root: Path, model: str, method: str, target: float, bleu: float, tok: float):
     """A Transformer run with both BLEUs, which differ (sacreBLEU, and the paper's tokenised)."""
     run = write_run(root, model, method, target, 0, 0.0)
-    results = json.loads((run / "results.json").read_text())
-    results["data"] = "wmt14_en_de"
-    results["metrics"] = {"test/bleu": bleu, "test/bleu_tok": tok, "test/loss": 2.0}
-    (run / "results.json").write_text(json.dumps(results))
+    results = read_results(run)
+    results.data = "wmt14_en_de"
+    results.metrics = {"test/bleu": bleu, "test/bleu_tok": tok, "test/loss": 2.0}
+    write_results(run, results)
 
 
 def test_the_papers_transformer_bleu_is_set_beside_our_tokenised_bleu_only(tmp_path: Path):
@@ -196,3 +198,23 @@ def test_the_papers_transformer_bleu_is_set_beside_our_tokenised_bleu_only(tmp_p
     assert "test/bleu [sacreBLEU" in sacre and "| 90 | 21.50 |" in sacre
     assert "Paper (Gale et al. 2019)" not in sacre and "23.26" not in sacre
     assert "The paper's numbers for this model are test/bleu_tok" in sacre
+
+
+def test_a_retrained_mask_run_is_tabled_in_its_init_group_under_its_sources_method(
+    sweep: Path,
+) -> None:
+    run = write_run(sweep, "cnn1d", "fixed_mask", 0.9, 0, 0.55)
+    results = read_results(run)
+    results.init = InitRecord("lottery", mask_from="stage1/sparsity=s90", source_method="random")
+    write_results(run, results)
+    assert report.main([str(sweep), "--no-progress"]) == 0
+
+    table = (sweep / "results.md").read_text()
+    lottery = table.split("init lottery")[1]
+    assert "| sparsity | random |" in lottery.splitlines()[2]
+    assert "| 90 | 55.00 |" in lottery
+    standard = table.split("init standard")[1].split("init lottery")[0]
+    assert "55.00" not in standard
+    rows = {r["run"]: r for r in csv.DictReader((sweep / "results.csv").open())}
+    row = rows[run.name]
+    assert (row["method"], row["init"]) == ("fixed_mask", "lottery")

@@ -24,11 +24,11 @@ from tests.conftest import TINY, run_command, sparse_train
 
 def options() -> list[tuple[str, str]]:
     """(group, option) for every yaml file below conf/ except the primary config and
-    conf/tuning/, whose files an (experiment, method) pair selects (tests/test_presets.py)."""
+    conf/tuned/, whose files a (tuning, method, sparsity) choice selects (tests/test_presets.py)."""
     found = []
     for path in sorted(CONF_DIR.rglob("*.yaml")):
         group = path.parent.relative_to(CONF_DIR).as_posix()
-        if group != "." and group.split("/")[0] != "tuning":
+        if group != "." and group.split("/")[0] not in ("tuning", "tuned"):
             found.append((group, path.stem))
     return found
 

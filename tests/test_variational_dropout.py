@@ -255,7 +255,7 @@ class _PoisonAt(pl.Callback):
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_the_method_state():
-    from sparse_lightning.callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+    from sparse_lightning.run.finite_loss import FiniteLossGuard, NonFiniteLossError
 
     pl.seed_everything(0)
     method = VariationalDropout(kl_weight=1e-3, begin_step=0, end_step=10)

@@ -93,7 +93,9 @@ def test_each_run_of_a_sweep_is_its_own_offline_wandb_run(sweep: Path) -> None:
             "init=standard",
         }
         config = {key(item): json.loads(item.value_json) for item in run.config.update}
-        assert config["method"]["target_sparsity"] == int(sparsity.removeprefix("s")) / 100  # resolved
+        assert (
+            config["method"]["target_sparsity"] == int(sparsity.removeprefix("s")) / 100
+        )  # resolved
         assert config["trainer"]["max_steps"] == 40
         assert config["model"]["_target_"].endswith("cnn1d")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from torch import nn
 from sparse_lightning.callbacks import MagnitudePruning
 from sparse_lightning.config import CONF_DIR
 from sparse_lightning.data.token_batches import TokenBatchSampler, token_batches
+from sparse_lightning.data.toy import make_corpus
 from sparse_lightning.data.wmt import ParallelTextDataModule
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.lr_schedules import inverse_sqrt, inverse_sqrt_factor
@@ -27,27 +27,10 @@ from sparse_lightning.modules import TranslationModule
 from sparse_lightning.modules.translation import tokenized_bleu
 from tests.conftest import run_cli
 
-EN = "the a cat dog house tree sees likes big small red green runs sleeps old new".split()
-DE = "die eine Katze Hund Haus Baum sieht mag grosse kleine rote gruene rennt schlaeft alte neue"
-LEXICON = dict(zip(EN, DE.split()))
 TINY_MODEL = [
     "model.d_model=32", "model.ffn_dim=64", "model.heads=2",
     "model.encoder_layers=1", "model.decoder_layers=1", "model.max_positions=64",
 ]  # fmt: skip
-
-
-def make_corpus(root: Path, sizes: dict[str, int] | None = None) -> Path:
-    """A word-for-word en->de toy language: root/{train,valid,test}.{en,de}."""
-    rng = random.Random(0)
-    for split, n in (sizes or {"train": 300, "valid": 8, "test": 8}).items():
-        en_lines, de_lines = [], []
-        for _ in range(n):
-            words = [rng.choice(EN) for _ in range(rng.randint(2, 6))]
-            en_lines.append(" ".join(words) + ".")
-            de_lines.append(" ".join(LEXICON[w] for w in words) + ".")
-        (root / f"{split}.en").write_text("\n".join(en_lines) + "\n", encoding="utf-8")
-        (root / f"{split}.de").write_text("\n".join(de_lines) + "\n", encoding="utf-8")
-    return root
 
 
 @pytest.fixture(scope="module")

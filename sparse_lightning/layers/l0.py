@@ -17,6 +17,10 @@ Gates are drawn afresh at every use of a weight, as in the reference: a matmul o
 draws one gate per weight entry per call (``nn.matmul_train``), an embedding lookup one per
 looked-up entry, i.e. per token occurrence (``nn.embedding_lookup_train`` gathers theta and
 log_alpha, then samples). The gate math runs in float32 with autocast off (``precision.py``).
+
+The code below is the PyTorch path (the ``torch`` backend). Under the ``native`` backend
+(``backends/``, chosen once per run) ``gated_weight_and_penalty`` hands CPU float32 tensors to a
+fused C kernel that computes the same formulas and gradients.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import math
 
 import torch
 
-from sparse_lightning.layers import native
+from sparse_lightning.layers import backends
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.precision import full_precision, widened
 from sparse_lightning.layers.workspace import Workspace, claim
@@ -92,7 +96,7 @@ def init_log_alpha(like: torch.Tensor) -> torch.Tensor:
 
 
 LOG2_E = math.log2(math.e)
-assert BETA == 2.0 / 3.0, "_HardConcreteWeight takes r^(1/BETA) as r * sqrt(r)"
+assert BETA == 2.0 / 3.0, "both backends take r^(1/BETA) as r * sqrt(r)"
 
 
 class _HardConcreteWeight(torch.autograd.Function):
@@ -114,7 +118,7 @@ class _HardConcreteWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, log_alpha, noise, new, workspace, grad_scale):  # type: ignore[override]
-        e = torch.mul(log_alpha, -1.5 * LOG2_E, out=new("e")).exp2_()  # exp(-3/2 log_alpha)
+        e = torch.mul(log_alpha, -LOG2_E / BETA, out=new("e")).exp2_()  # exp(-log_alpha / BETA)
         r = noise.reciprocal_().sub_(1.0)  # (1 - u) / u
         s = r.mul_(torch.sqrt(r, out=new("z"))).mul_(e).add_(1.0).reciprocal_()
         z = torch.mul(s, ZETA - GAMMA, out=new("z")).add_(GAMMA).clamp_(0.0, 1.0)
@@ -149,36 +153,6 @@ class _HardConcreteWeight(torch.autograd.Function):
         return grad_theta, grad_log_alpha, None, None, None, None
 
 
-class _NativeHardConcreteWeight(torch.autograd.Function):
-    """``_HardConcreteWeight`` as one pass of ``kernels.c`` each way (CPU, float32): forward reads
-    theta, log_alpha and the uniform draws and writes theta * z; backward recomputes the gates
-    from the same draws (kept, unchanged, in ``noise``) and writes the two gradients."""
-
-    @staticmethod
-    def forward(ctx, theta, log_alpha, noise, workspace, grad_scale):  # type: ignore[override]
-        weight, n = torch.empty_like(theta), theta.numel()
-        args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), weight.data_ptr())
-        penalty = native.run_summed(native.library().l0_forward, n, *args, PENALTY_SHIFT, n)
-        ctx.save_for_backward(theta, log_alpha, noise)
-        ctx.workspace, ctx.grad_scale = workspace, grad_scale
-        return weight, penalty.to(theta.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_weight, grad_penalty):  # type: ignore[override]
-        theta, log_alpha, noise = ctx.saved_tensors
-        lib, n = native.library(), theta.numel()
-        grad_weight = native.incoming(grad_weight, theta)
-        grad_theta, grad_log_alpha = torch.empty_like(theta), torch.empty_like(log_alpha)
-        g_pen = 0.0 if grad_penalty is None else float(grad_penalty)
-        args = (theta.data_ptr(), log_alpha.data_ptr(), noise.data_ptr(), grad_weight.data_ptr())
-        args += (g_pen, PENALTY_SHIFT, ctx.grad_scale)
-        outs = (grad_theta.data_ptr(), grad_log_alpha.data_ptr())
-        native.run_blocks(lambda next_block: lib.l0_backward(*args, *outs, n, next_block), n)
-        if ctx.workspace is not None:
-            ctx.workspace.release()
-        return grad_theta, grad_log_alpha, None, None, None
-
-
 def gated_weight_and_penalty(
     theta: torch.Tensor,
     log_alpha: torch.Tensor,
@@ -190,13 +164,16 @@ def gated_weight_and_penalty(
     """(theta * sampled gate, expected l0), fused (see ``_HardConcreteWeight``), with log_alpha's
     gradient times ``grad_scale``. The uniform draws, from ``source`` if given (else the global
     generator), go into ``noise``, which is overwritten (``workspace``'s if None); temporaries
-    reuse ``workspace`` when it is free. Float32 with autocast off (the weights of bf16-mixed
-    training are float32 already)."""
+    reuse ``workspace`` when it is free. The ``native`` backend (``backends.fused``) runs this as
+    one pass each way. Float32 with autocast off (the weights of bf16-mixed training are float32
+    already)."""
     with full_precision(theta.device.type):
         theta, log_alpha = widened(theta), widened(log_alpha)
         new, claimed = claim(workspace, log_alpha)
         noise = uniform_(new("noise") if noise is None else noise, source)
-        if native.applies(theta, log_alpha, noise):
-            fused = _NativeHardConcreteWeight.apply
-            return fused(theta, log_alpha, noise, claimed, float(grad_scale))
+        kernels = backends.fused(theta, log_alpha, noise)
+        if kernels is not None:
+            return kernels.gated_weight_and_penalty(
+                theta, log_alpha, noise, claimed, float(grad_scale)
+            )
         return _HardConcreteWeight.apply(theta, log_alpha, noise, new, claimed, float(grad_scale))

@@ -6,12 +6,13 @@ weight noise (l0: the same sub-network on every rank each step); and PyTorch's C
 fills a tensor serially, which for l0 (one uniform per weight per step) costs about a third of a
 dense resnet18 step on two cores.
 
-Draws into contiguous float32 CPU tensors (l0's uniforms, one per weight per step; VD's normals,
-drawn inside its sampling pass) come from Philox4x32-10 in the fused kernels (``kernels.c``),
-keyed by (seed, rank): a counter-based generator has no state but the counter, so every block is
-computed independently, on PyTorch's threads, and the numbers depend only on (seed, rank, draw).
-Elsewhere (no C compiler, other dtypes, accelerators) each tensor is split into ``STREAMS``
-contiguous chunks and chunk i is always drawn from PyTorch generator i;
+Under the ``native`` backend (``backends``), draws into contiguous float32 CPU tensors (l0's
+uniforms, one per weight per step; VD's normals, drawn inside its sampling pass) come from
+Philox4x32-10 in the fused kernels (``backends/kernels.c``), keyed by (seed, rank): a
+counter-based generator has no state but the counter, so every block is computed independently,
+on PyTorch's threads, and the numbers depend only on (seed, rank, draw).
+Elsewhere (the ``torch`` backend, other dtypes, accelerators) each tensor is split into
+``STREAMS`` contiguous chunks and chunk i is always drawn from PyTorch generator i;
 on the CPU the chunks of large tensors are filled by a small thread pool (PyTorch releases the
 GIL in these kernels); on an accelerator one device generator draws the whole tensor (its
 kernels are parallel already). Both the counter and the generators' states are checkpointed.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparse_lightning.layers import native
+from sparse_lightning.layers import backends
 from sparse_lightning.layers.threads import pool
 
 STREAMS = 4  # fixed, so the numbers drawn do not depend on the thread count
@@ -66,16 +67,16 @@ class NoiseSource:
         self.philox_key = tuple(int(word) for word in key.generate_state(2, dtype=np.uint32))
         self.philox_counter = 0  # Philox counters used so far (CPU uniform draws)
 
-    def philox_counters(self, numel: int) -> tuple[int, int, int]:
-        """(key0, key1, first counter) for a Philox draw of ``numel`` numbers in the kernels
-        (``kernels.c``); the counters are used up."""
+    def take_philox_counters(self, count: int) -> tuple[int, int, int]:
+        """(key0, key1, first counter) for a Philox draw in the kernels that uses ``count``
+        counters; they are used up (the next draw starts after them)."""
         base = self.philox_counter
-        self.philox_counter += -(-numel // (4 * native.PHILOX_LANES)) * native.PHILOX_LANES
+        self.philox_counter += count
         return (*self.philox_key, base)
 
     def draws_in_kernels(self, out: torch.Tensor) -> bool:
         """Whether draws into ``out`` come from Philox in the kernels (else PyTorch generators)."""
-        return self.device.type == "cpu" and native.applies(out)
+        return backends.fused(out) is not None
 
     def _fill(self, out: torch.Tensor, draw) -> torch.Tensor:
         """Apply ``draw(chunk, generator)`` to chunk i of ``out`` with stream i."""
@@ -103,18 +104,16 @@ class NoiseSource:
     def uniform_(self, out: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         """Fill ``out`` with U(low, high) draws, in place.
 
-        Contiguous float32 on the CPU: Philox, 24 random bits per draw (see the module
-        docstring). Without the kernels, float32 on the CPU takes 23 random mantissa bits per
-        draw from 64-bit integer draws (two floats per generator call; ``uniform_`` makes one
-        call per float): the bits, with the exponent of 1.0, are a float f uniform on the 2^23
-        grid of [1, 2), and
-        u = low + (high - low)(f - 1) lies in [low, high). ``uniform_`` itself keeps 24 bits.
+        Contiguous float32 on the CPU under the ``native`` backend: Philox, 24 random bits per
+        draw (see the module docstring). Otherwise float32 on the CPU takes 23 random mantissa
+        bits per draw from 64-bit integer draws (two floats per generator call; ``uniform_``
+        makes one call per float): the bits, with the exponent of 1.0, are a float f uniform on
+        the 2^23 grid of [1, 2), and u = low + (high - low)(f - 1) lies in [low, high).
+        ``uniform_`` itself keeps 24 bits.
         """
-        if self.draws_in_kernels(out):
-            lib, n = native.library(), out.numel()
-            args = (out.data_ptr(), n, *self.philox_counters(n), low, high)
-            native.run_blocks(lambda next_block: lib.philox_uniform(*args, next_block), n)
-            return out
+        kernels = backends.fused(out)
+        if kernels is not None:
+            return kernels.uniform_(out, self, low, high)
         if not _takes_bits(out) or len(self.generators) == 1:
             return self._fill(out, lambda chunk, gen: chunk.uniform_(low, high, generator=gen))
         self._fill(out.view(-1).view(torch.int64), lambda chunk, gen: chunk.random_(generator=gen))
@@ -122,13 +121,12 @@ class NoiseSource:
         return out.mul_(high - low).add_(low - (high - low))  # f in [1, 2) -> [low, high)
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
-        """Fill ``out`` with N(0, 1) draws, in place: on the CPU (float32, contiguous) Box-Muller
-        on Philox words, the numbers VD's fused sampling draws for the same counters."""
-        if self.draws_in_kernels(out):
-            lib, n = native.library(), out.numel()
-            args = (out.data_ptr(), n, *self.philox_counters(n))
-            native.run_blocks(lambda next_block: lib.philox_normal(*args, next_block), n)
-            return out
+        """Fill ``out`` with N(0, 1) draws, in place: under the ``native`` backend (CPU float32,
+        contiguous) Box-Muller on Philox words, the numbers VD's fused sampling draws for the
+        same counters."""
+        kernels = backends.fused(out)
+        if kernels is not None:
+            return kernels.normal_(out, self)
         return self._fill(out, lambda chunk, gen: chunk.normal_(generator=gen))
 
     def normal_like(self, like: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ deterministic: theta where log_alpha < threshold, zero elsewhere.
 Under autocast (bf16-mixed) everything but the mean matmul runs in float32: sigma^2 and the KL,
 the variance matmul, the square root and the noise (see ``precision.py``), so the output is
 float32.
+
+The code below is the PyTorch path (the ``torch`` backend). Under the ``native`` backend
+(``backends/``, chosen once per run) ``variance_and_kl`` and ``sample_output`` hand CPU float32
+tensors to fused C kernels that compute the same formulas and gradients.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparse_lightning.layers import native
+from sparse_lightning.layers import backends
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.precision import full_precision, widened
 from sparse_lightning.layers.workspace import Workspace, claim
@@ -43,6 +47,7 @@ EPSILON = 1e-8  # reference code's `common.EPSILON`: in log(theta^2 + eps) and i
 LOG_SIGMA2_INIT = -10.0  # reference: -10 (Transformer), -15 (ResNet-50)
 LOG2_E = math.log2(math.e)  # exp(x) = exp2(x * LOG2_E)
 THRESHOLD = 3.0  # Molchanov et al.: weights with log_alpha > 3 are dropped; ResNet-50 used 0.5
+KL_LOG_GROUP = 8  # the KL's value-only log(1 + alpha) is taken once per this many (``sum_log``)
 
 
 def log_alpha(theta: torch.Tensor, log_sigma2: torch.Tensor, clip: bool = True) -> torch.Tensor:
@@ -71,34 +76,6 @@ def kl_sum(theta: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
     return -negative_kl(log_alpha(theta, log_sigma2)).sum()
 
 
-class _NativeSample(torch.autograd.Function):
-    """mean + sqrt(variance + EPSILON) * noise in one pass of ``kernels.c`` (in place in mean),
-    which also writes d out / d variance = noise / (2 sqrt(variance + EPSILON)): backward is one
-    product, where autograd of the three ops takes two passes and two saved tensors. The noise
-    is ``noise`` (overwritten by that slope) or, if None, drawn in the same pass from
-    ``source``'s Philox counters."""
-
-    @staticmethod
-    def forward(ctx, mean, variance, noise, source):  # type: ignore[override]
-        lib, n = native.library(), mean.numel()
-        if noise is not None:
-            slope, args = noise, (mean.data_ptr(), variance.data_ptr(), noise.data_ptr(), n)
-            native.run_blocks(lambda next_block: lib.vd_sample(*args, next_block), n)
-        else:
-            slope = torch.empty_like(mean)
-            args = (mean.data_ptr(), variance.data_ptr(), slope.data_ptr(), n)
-            args += source.philox_counters(n)
-            native.run_blocks(lambda next_block: lib.vd_sample_philox(*args, next_block), n)
-        ctx.mark_dirty(mean)
-        ctx.save_for_backward(slope)
-        return mean
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (slope,) = ctx.saved_tensors
-        return grad, grad * slope, None, None
-
-
 def sample_output(
     mean: torch.Tensor,
     variance: torch.Tensor,
@@ -109,18 +86,18 @@ def sample_output(
     output unit: ``noise`` if given (tests pass zeros or ones), else drawn from ``source`` (else
     the global generator). ``mean`` and ``variance`` are consumed (computed in place: neither op
     that made them keeps its output for backward), and so is a given ``noise`` on the CPU.
+    Where the backend is ``native`` (``backends.fused``) this is one fused pass, whose noise from
+    ``source`` is drawn inside it.
     Computed in float32 whatever autocast is on: at log_sigma2 = -15 the noise is below
     bfloat16's resolution of the mean (a bfloat16 ``mean`` is copied to float32 first)."""
     with full_precision(mean.device.type):
         mean, variance = widened(mean), widened(variance)
         noise = widened(noise) if noise is not None else None
-        drawn_in_pass = noise is None and source is not None and source.draws_in_kernels(mean)
-        if drawn_in_pass and native.applies(mean, variance):
-            return _NativeSample.apply(mean, variance, None, source)
+        kernels = backends.fused(mean, variance, *([] if noise is None else [noise]))
+        if kernels is not None:
+            return kernels.sample_output(mean, variance, noise, source)
         if noise is None:
             noise = source.normal_like(mean) if source is not None else torch.randn_like(mean)
-        if native.applies(mean, variance, noise):
-            return _NativeSample.apply(mean, variance, noise, None)
         return mean.addcmul_(variance.add_(EPSILON).sqrt_(), noise)
 
 
@@ -184,7 +161,7 @@ def eval_weight(
     return theta * keep
 
 
-def sum_log(values: torch.Tensor, group: int = 8) -> torch.Tensor:
+def sum_log(values: torch.Tensor, group: int = KL_LOG_GROUP) -> torch.Tensor:
     """sum(log(values)) for values in [1, 1 + e^8], as the log of products of ``group`` values:
     a product stays below 3e27 (finite in float32), and a log costs ~10 multiplications, so
     this halves the cost of the KL's one log that only its value (not its gradient) needs."""
@@ -253,48 +230,20 @@ class _VariationalTerms(torch.autograd.Function):
         return grad_theta, grad_log_sigma2, None, None, None
 
 
-class _NativeVariationalTerms(torch.autograd.Function):
-    """``_VariationalTerms`` as one pass of ``kernels.c`` each way (CPU, float32): forward reads
-    theta and log_sigma2 and writes sigma^2 and the KL's slope (flagged where the clip holds);
-    backward reads those and writes the two gradients, with one division and no
-    transcendental. The slope goes in ``new("slope")`` (see ``workspace.claim``)."""
-
-    @staticmethod
-    def forward(ctx, theta, log_sigma2, new, workspace, grad_scale):  # type: ignore[override]
-        sigma2, slope, n = torch.empty_like(theta), new("slope"), theta.numel()
-        args = (theta.data_ptr(), log_sigma2.data_ptr(), sigma2.data_ptr(), slope.data_ptr(), n)
-        kl = native.run_summed(native.library().vd_forward, n, *args)
-        ctx.save_for_backward(theta, sigma2, slope)
-        ctx.workspace, ctx.grad_scale = workspace, grad_scale
-        return sigma2, kl.to(theta.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_sigma2, grad_kl):  # type: ignore[override]
-        theta, sigma2, slope = ctx.saved_tensors
-        lib, n = native.library(), theta.numel()
-        grad_sigma2 = native.incoming(grad_sigma2, theta)
-        grad_theta, grad_log_sigma2 = torch.empty_like(theta), torch.empty_like(theta)
-        g_kl = 0.0 if grad_kl is None else float(grad_kl)
-        args = (theta.data_ptr(), sigma2.data_ptr(), slope.data_ptr(), grad_sigma2.data_ptr())
-        args += (g_kl, ctx.grad_scale, grad_theta.data_ptr(), grad_log_sigma2.data_ptr(), n)
-        native.run_blocks(lambda next_block: lib.vd_backward(*args, next_block), n)
-        if ctx.workspace is not None:
-            ctx.workspace.release()
-        return grad_theta, grad_log_sigma2, None, None, None
-
-
 def variance_and_kl(
     theta: torch.Tensor,
     log_sigma2: torch.Tensor,
     workspace: Workspace | None = None,
     grad_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clipped sigma^2, sum KL) of one weight tensor, fused, with log_sigma2's gradient times
-    ``grad_scale``: the C kernels on the CPU (``_NativeVariationalTerms``), else PyTorch ops
-    (``_VariationalTerms``) whose temporaries reuse ``workspace`` when free. Float32 with
-    autocast off (the weights of bf16-mixed training are float32 already)."""
+    """(clipped sigma^2, sum KL) of one weight tensor, fused (``_VariationalTerms``, or the
+    ``native`` backend's one pass each way where ``backends.fused`` hands it), with
+    log_sigma2's gradient times ``grad_scale``; temporaries reuse ``workspace`` when free.
+    Float32 with autocast off (the weights of bf16-mixed training are float32 already)."""
     with full_precision(theta.device.type):
         theta, log_sigma2 = widened(theta), widened(log_sigma2)
         new, claimed = claim(workspace, theta)
-        fused = _NativeVariationalTerms if native.applies(theta, log_sigma2) else _VariationalTerms
-        return fused.apply(theta, log_sigma2, new, claimed, float(grad_scale))
+        kernels = backends.fused(theta, log_sigma2)
+        if kernels is not None:
+            return kernels.variance_and_kl(theta, log_sigma2, new, claimed, float(grad_scale))
+        return _VariationalTerms.apply(theta, log_sigma2, new, claimed, float(grad_scale))

@@ -12,6 +12,7 @@ from torch import nn
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers.reparameterise import optimizer_groups
 from sparse_lightning.masks import add_missing_mask_buffers
+from sparse_lightning.run.folder import model_state
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -108,8 +109,4 @@ class SparseTaskModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A fresh module (no callback attached yet) still takes a checkpoint with masks."""
-        prefix = "model."
-        model_state = {
-            k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
-        }
-        add_missing_mask_buffers(self.model, model_state)
+        add_missing_mask_buffers(self.model, model_state(checkpoint["state_dict"]))
