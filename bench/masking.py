@@ -29,6 +29,7 @@ from torch import nn
 
 from sparse_lightning.callbacks import MagnitudePruning
 from sparse_lightning.layers.backends import BACKENDS, use_backend
+from sparse_lightning.schedules import PolynomialSchedule
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:
@@ -50,7 +51,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch) -> 
 
 def magnitude_pruned(model: nn.Module, sparsity: float) -> tuple[nn.Module, MagnitudePruning]:
     """``model`` pruned by MagnitudePruning, masks kept by its optimiser step hook."""
-    method = MagnitudePruning(target_sparsity=sparsity, begin_step=0, end_step=1, frequency=1)
+    method = MagnitudePruning(PolynomialSchedule(sparsity, begin_step=0, end_step=1, frequency=1))
     method.attach(model)
     method.update_masks(step=1)
     return model, method
@@ -104,7 +105,7 @@ def update_ratio(repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = torchvision.models.resnet50(num_classes=1000)
     batch = (torch.randn(8, 3, 64, 64), torch.randint(0, 1000, (8,)))
-    method = MagnitudePruning(target_sparsity=0.9, begin_step=0, end_step=100, frequency=10)
+    method = MagnitudePruning(PolynomialSchedule(0.9, begin_step=0, end_step=100, frequency=10))
     method.attach(model)
     masks = [entry.mask for entry in method.mask_set.entries]
 

@@ -33,11 +33,13 @@ TARGETS: dict[str, list[str]] = {
     "sparse_lightning/pruning.py": ["tests/test_masks.py", "tests/test_global_scope.py"],
     "sparse_lightning/schedules.py": ["tests/test_schedules.py", "tests/test_global_scope.py"],
     "sparse_lightning/masks.py": ["tests/test_masks.py", "tests/test_magnitude_pruning.py"],
-    "sparse_lightning/callbacks/magnitude.py": [
+    "sparse_lightning/callbacks/gradual.py": [
         "tests/test_magnitude_pruning.py",
         "tests/test_global_scope.py",
     ],
     "sparse_lightning/callbacks/random.py": ["tests/test_random_pruning.py"],
+    "sparse_lightning/budgets.py": ["tests/test_budgets.py", "tests/test_masks.py"],
+    "sparse_lightning/selection.py": ["tests/test_masks.py"],
     "sparse_lightning/callbacks/variational_dropout.py": [
         "tests/test_variational_dropout.py",
         "tests/test_shared_weights.py",

@@ -27,13 +27,14 @@ from torch import nn
 from sparse_lightning.callbacks import MagnitudePruning
 from sparse_lightning.models.resnet import build_resnet
 from sparse_lightning.models.transformer import build_transformer
+from sparse_lightning.schedules import PolynomialSchedule
 
 Tensor = torch.Tensor
 
 
 def masked(model: nn.Module, sparsity: float = 0.9) -> Callable[[], None]:
     """Prune ``model`` to ``sparsity`` with MP; returns the step-post hook body."""
-    method = MagnitudePruning(sparsity, begin_step=0, end_step=1, frequency=1)
+    method = MagnitudePruning(PolynomialSchedule(sparsity, begin_step=0, end_step=1, frequency=1))
     mask_set = method.attach(model)
     method.update_masks(1)
     return mask_set.apply_

@@ -13,6 +13,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+SHARED_PREFIX = "_"  # conf/<group>/_name.yaml: a part other options include, not an option
+
+
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` (``method`` -> dense, l0, magnitude, ...), without
+    the shared parts its options include through ``defaults`` (``method/_base.yaml``)."""
+    return sorted(
+        p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith(SHARED_PREFIX)
+    )
 
 
 def fraction_of(total: int, fraction: float) -> int:

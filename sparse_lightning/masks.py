@@ -1,6 +1,6 @@
 """The one mask core shared by every method.
 
-Which weights are prunable (chosen by fully-qualified parameter name), their masks as persistent
+The masks of the prunable weights (chosen by ``selection.py``) as persistent
 bool buffers on the module that owns the weight (``<attr>_mask`` beside ``<attr>``, so
 ``state_dict``, checkpoints, ``deepcopy`` and pickling carry them with no extra code), applying
 the masks in place, and sparsity accounting. Names are those of the wrapped model's own
@@ -9,124 +9,13 @@ the masks in place, and sparsity accounting. Names are those of the wrapped mode
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from sparse_lightning.errors import ConfigError
-
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-    nn.Embedding,
-)
 MASK_SUFFIX = "_mask"
-
-
-def default_prunable_names(model: nn.Module) -> list[str]:
-    """Weights of conv, linear and embedding layers, in registration order; never biases or norms.
-
-    A weight shared by several modules (tied embeddings) is listed once, under its first name.
-    Frozen weights (``requires_grad=False``, e.g. sinusoidal position tables) are never pruned.
-    """
-    seen: set[int] = set()
-    names = []
-    for module_name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES):
-            continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or not weight.requires_grad or id(weight) in seen:
-            continue
-        seen.add(id(weight))
-        names.append(f"{module_name}.weight" if module_name else "weight")
-    return names
-
-
-def _matching(names: Sequence[str], pattern: str) -> list[str]:
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-
-
-def select_prunable(
-    model: nn.Module,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    first_layer_dense: bool = False,
-    last_layer_dense: bool = False,
-) -> list[str]:
-    """Names of the weights to prune: defaults, narrowed by glob patterns and first/last dense.
-
-    ``include`` patterns pick among all parameters (so any parameter can be pruned); ``exclude``
-    patterns drop from that set. A pattern matching nothing is an error, never a silent no-op.
-    "First" and "last" layer follow module registration order.
-    """
-    all_names = [n for n, _ in model.named_parameters()]
-    if include:
-        chosen: list[str] = []
-        for pattern in include:
-            hits = _matching(all_names, pattern)
-            if not hits:
-                raise ConfigError(
-                    f"include pattern '{pattern}' matches no parameter; "
-                    f"parameters are e.g. {_examples(all_names)}"
-                )
-            chosen += [n for n in hits if n not in chosen]
-        chosen = [n for n in all_names if n in chosen]
-    else:
-        chosen = default_prunable_names(model)
-    for pattern in exclude:
-        hits = _matching(chosen, pattern)
-        if not hits:
-            raise ConfigError(
-                f"exclude pattern '{pattern}' matches no prunable weight; "
-                f"prunable weights are {_examples(chosen)}"
-            )
-        chosen = [n for n in chosen if n not in hits]
-    if first_layer_dense and chosen:
-        chosen = chosen[1:]
-    if last_layer_dense and chosen:
-        chosen = chosen[:-1]
-    if not chosen:
-        raise ConfigError("the layer selection leaves no weight to prune")
-    return chosen
-
-
-def resolve_layer_targets(
-    names: Sequence[str], default: float, overrides: Mapping[str, float] | None
-) -> dict[str, float]:
-    """Per-weight target sparsity: ``default`` unless a glob pattern in ``overrides`` matches.
-
-    Later patterns win over earlier ones. A pattern matching no prunable weight, or a target
-    outside [0, 1), is an error.
-    """
-    targets = dict.fromkeys(names, float(default))
-    for pattern, value in (overrides or {}).items():
-        value = float(value)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(
-                f"layer_sparsity['{pattern}']={value} is outside the allowed range [0, 1)"
-            )
-        hits = _matching(names, pattern)
-        if not hits:
-            raise ConfigError(
-                f"layer_sparsity pattern '{pattern}' matches no prunable weight; "
-                f"prunable weights are {_examples(names)}"
-            )
-        for name in hits:
-            targets[name] = value
-    return targets
-
-
-def _examples(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}]"
 
 
 @dataclass(frozen=True)

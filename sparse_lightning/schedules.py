@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from sparse_lightning.errors import ConfigError
 
 
+def whole_number(name: str, value: object) -> int:
+    """``value`` as an int (a step count), or a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ConfigError(f"{name}={value!r} is not a whole number of steps")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class PolynomialSchedule:
     """Gradual pruning schedule of Zhu & Gupta (2017), "To prune, or not to prune".
@@ -26,10 +33,15 @@ class PolynomialSchedule:
     power: int = 3
 
     def __post_init__(self) -> None:
+        for name in ("begin_step", "end_step", "frequency", "power"):
+            object.__setattr__(self, name, whole_number(name, getattr(self, name)))
         for name in ("final_sparsity", "initial_sparsity"):
             value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name}={value!r} is not a number")
             if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name}={value} is outside the allowed range [0, 1)")
+                what = "sparsity target " if name == "final_sparsity" else f"{name}="
+                raise ConfigError(f"{what}{value} is outside the allowed range [0, 1)")
         if self.begin_step < 0:
             raise ConfigError(f"begin_step={self.begin_step} must be >= 0")
         if self.begin_step >= self.end_step:
@@ -68,3 +80,39 @@ class PolynomialSchedule:
         if step < self.begin_step or step > self.end_step:
             return False
         return (step - self.begin_step) % self.frequency == 0 or step == self.end_step
+
+
+RAMP_SHAPES = ("linear", "cubic")
+
+
+@dataclass(frozen=True)
+class RegulariserRamp:
+    """The share of its final weight a regulariser (VD's KL, l0's expected norm) has after
+    ``step`` optimiser steps: 0 up to ``begin_step``, 1 from ``end_step``; in between, with
+    p = (step - begin) / (end - begin), p ("linear", the reference code's ramp) or 1 - (1 - p)^3
+    ("cubic", the Zhu & Gupta curve of the pruning schedule)."""
+
+    begin_step: int
+    end_step: int
+    shape: str = "linear"
+
+    def __post_init__(self) -> None:
+        for name in ("begin_step", "end_step"):
+            object.__setattr__(self, name, whole_number(name, getattr(self, name)))
+        if self.begin_step < 0:
+            raise ConfigError(f"begin_step={self.begin_step} must be >= 0")
+        if self.begin_step > self.end_step:
+            raise ConfigError(
+                f"begin_step={self.begin_step} must not be after end_step={self.end_step}"
+            )
+        if self.shape not in RAMP_SHAPES:
+            raise ConfigError(f"ramp shape='{self.shape}' is not one of {', '.join(RAMP_SHAPES)}")
+
+    def fraction_at(self, step: int) -> float:
+        begin, end = self.begin_step, self.end_step
+        if step <= begin:
+            return 0.0 if step < end else 1.0
+        if step >= end:
+            return 1.0
+        p = (step - begin) / (end - begin)
+        return p if self.shape == "linear" else 1.0 - (1.0 - p) ** 3

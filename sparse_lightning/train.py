@@ -24,8 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from sparse_lightning.callbacks.base import SparsityCallback
-from sparse_lightning.callbacks.sparsity_monitor import publish_results
-from sparse_lightning.config import CONF_DIR, register_resolvers
+from sparse_lightning.config import CONF_DIR, group_options, register_resolvers
 from sparse_lightning.errors import ConfigError, UsageError, describe_bad_input, one_line
 from sparse_lightning.init.variants import InitVariant, prepare_init
 from sparse_lightning.launch import check_launcher
@@ -43,6 +42,7 @@ from sparse_lightning.run.folder import (
     save_torch,
     write_results,
 )
+from sparse_lightning.run.monitor import publish_results
 from sparse_lightning.run.results import RunResults
 from sparse_lightning.run.rng_state import RngStateCheckpoint
 
@@ -55,6 +55,8 @@ def build(cfg: DictConfig, name: str, **kwargs: Any) -> Any:
         return instantiate(cfg[name], **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
+        while isinstance(cause, InstantiationException):  # raised in a nested part
+            cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise ConfigError(f"{name}: {cause}") from None
         raise
@@ -295,7 +297,7 @@ def check_group_choices(overrides: list[str]) -> None:
             values = value if isinstance(value, list) else [value]
         bad = [v for v in values if not isinstance(v, str)]
         if bad:
-            options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+            options = ", ".join(group_options(override.key_or_group))
             raise UsageError(
                 f"{override.key_or_group}={bad[0]} is not an option of "
                 f"'{override.key_or_group}'; the options are {options}"
@@ -325,6 +327,9 @@ def main() -> None:
     training starts. HYDRA_FULL_ERROR=1 shows Hydra's and OmegaConf's errors with their
     traceback instead; any other error is a bug and always shows its full traceback.
     """
+    from sparse_lightning.run.console import quiet_third_party
+
+    quiet_third_party()
     register_resolvers()
     argv = sys.argv[1:]
     full = full_errors()

@@ -4,6 +4,7 @@ the Python modules that define them."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from sparse_lightning.layers import L0_CLASSES, VD_CLASSES, backends, l0, repara
 from sparse_lightning.layers import variational_dropout as vd
 from sparse_lightning.layers.backends import build, native
 from sparse_lightning.layers.noise import NoiseSource
+from tests.conftest import TINY, run_cli
 
 needs_kernels = pytest.mark.skipif(build.library() is None, reason="no C compiler on this machine")
 
@@ -177,3 +179,12 @@ def test_a_changed_block_size_reaches_the_kernels(monkeypatch, rebuilt):
     assert bool(torch.isfinite(partials).all())  # every block wrote its partial sum
     expected = float(vd.kl_sum(theta.double(), log_sigma2.double()))
     assert float(partials.sum()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_run_records_the_backend_that_computed_its_passes(tmp_path):
+    """`method.backend` is chosen once per run and results.json says which ran: the two draw
+    different random numbers."""
+    run = tmp_path / "vd"
+    run_cli(run, "method=l0", "method.backend=torch", *TINY)
+    results = json.loads((run / "results.json").read_text())
+    assert results["method_details"] == {"backend": "torch"}

@@ -55,15 +55,21 @@ CHECKED = {
     "target at 1": (["sparsity.target=1.0"], "sparsity target 1.0 is outside"),
     "negative target": (["sparsity.target=-0.5"], "sparsity target -0.5 is outside"),
     "begin after end": (
-        ["method.begin_step=30", "method.end_step=20"],
+        ["method.schedule.begin_step=30", "method.schedule.end_step=20"],
         "begin_step=30 must be smaller than end_step=20",
     ),
-    "zero frequency": (["method.frequency=0"], "frequency=0 must be a positive"),
-    "end after the budget": (["method.end_step=1000"], "end_step=1000 is after the last"),
-    "exclude matching nothing": (["method.exclude=[nothing.*]"], "exclude pattern 'nothing.*'"),
-    "include matching nothing": (["method.include=[nothing.*]"], "include pattern 'nothing.*'"),
+    "zero frequency": (["method.schedule.frequency=0"], "frequency=0 must be a positive"),
+    "end after the budget": (["method.schedule.end_step=1000"], "end_step=1000 is after the last"),
+    "exclude matching nothing": (
+        ["method.selection.exclude=[nothing.*]"],
+        "exclude pattern 'nothing.*'",
+    ),
+    "include matching nothing": (
+        ["method.selection.include=[nothing.*]"],
+        "include pattern 'nothing.*'",
+    ),
     "override matching nothing": (
-        ["+method.layer_sparsity={{nope: 0.5}}"],
+        ["+method.budget.layer_sparsity={{nope: 0.5}}"],
         "layer_sparsity pattern 'nope' matches no",
     ),
     "unknown scope": (["method.scope=everything"], "scope='everything' is not one of"),
@@ -94,8 +100,8 @@ CHECKED = {
         "data.root=/no/such/imagenet is not a directory",
     ),
     "value a constructor refuses": (
-        ["method.frequency=abc"],
-        "invalid literal for int() with base 10: 'abc'",
+        ["method.schedule.frequency=abc"],
+        "frequency='abc' is not a whole number of steps",
     ),
     "unknown interpolation": (["seed=${{nope}}"], "Interpolation key 'nope' not found"),
 }
@@ -131,8 +137,8 @@ COMPOSITION = {
         ["cannot parse the override 'trainer.max_steps=['"],
     ),
     "append to an existing key": (
-        ["+method.frequency=2"],
-        ["An item is already at 'method.frequency'", "++method.frequency=2"],
+        ["+method.scope=layer"],
+        ["An item is already at 'method.scope'", "++method.scope=layer"],
     ),
     "delete a missing key": (["~nosuch"], ["'nosuch' does not exist"]),
     "unknown flag": (["--nope"], ["unrecognized arguments: --nope"]),

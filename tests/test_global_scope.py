@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from sparse_lightning.budgets import UniformBudget
 from sparse_lightning.callbacks import MagnitudePruning, RandomPruning
 from sparse_lightning.callbacks.magnitude import GradualPruning
 from sparse_lightning.modules import ClassificationModule
+from sparse_lightning.schedules import PolynomialSchedule
 
 # Three hand-made 4x4 kernels with distinct magnitudes and mixed signs (a signed ranking would
 # prune the large negative entries first). |TINY| = 0.001 .. 0.016, |SMALL| = 0.01 .. 0.16,
@@ -96,9 +98,8 @@ def test_pooled_sparsity_follows_the_cubic_schedule_at_every_update_step() -> No
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
                           nn.Linear(16, 4))  # fmt: skip
-    method = MagnitudePruning(
-        0.8, begin_step=2, end_step=12, frequency=4, scope="global", initial_sparsity=0.1
-    )
+    schedule = PolynomialSchedule(0.8, begin_step=2, end_step=12, frequency=4, initial_sparsity=0.1)
+    method = MagnitudePruning(schedule, scope="global")
     masks = train(model, method, steps=14, lr=0.1)
     names = ["0.weight_mask", "2.weight_mask", "4.weight_mask"]
     total = 4 * 32 + 32 * 16 + 16 * 4
@@ -122,7 +123,7 @@ def test_global_ranking_is_by_magnitude_across_layers_hand_counted() -> None:
     """32 weights, schedule 0 -> 0.5 over two steps. Step 1: s = 0.5 - 0.5 (1/2)^3 = 0.4375,
     14 pruned: SMALL's 14 entries up to 0.14. Step 2: 16 pruned: also LARGE's 0.145 and SMALL's
     0.15. SMALL ends 15/16 sparse, LARGE 1/16 (per-layer scope would give 8/16 each)."""
-    method = MagnitudePruning(0.5, begin_step=0, end_step=2, frequency=1, scope="global")
+    method = MagnitudePruning(PolynomialSchedule(0.5, 0, 2, 1), scope="global")
     masks = train(kernels(LARGE, SMALL), method, steps=2)
     large_kept = mask([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]])
     small_kept = mask([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])  # 0.16, 0.15
@@ -139,7 +140,7 @@ def test_a_pruned_weight_is_never_revived_by_the_global_ranking() -> None:
     live ones: every mask must still only shrink, while the pooled count follows the schedule."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 4))
-    method = RandomPruning(0.9, begin_step=1, end_step=7, frequency=2, scope="global", seed=0)
+    method = RandomPruning(PolynomialSchedule(0.9, 1, 7, 2), seed=0, scope="global")
     masks = train(model, method, steps=8, lr=0.1)
     total = 4 * 32 + 32 * 4
     for step in range(2, 9):
@@ -168,9 +169,10 @@ def test_an_overridden_layer_reaches_its_own_target_and_the_rest_are_pooled(
     LARGE and SMALL are ranked together at 0.5 as in the hand count above. An override equal to
     the global target is still the layer's own target, not a licence to pool it."""
     method = MagnitudePruning(
-        0.5, begin_step=0, end_step=1, frequency=1, scope="global",
-        layer_sparsity={"0.weight": override},
-    )  # fmt: skip
+        PolynomialSchedule(0.5, 0, 1, 1),
+        budget=UniformBudget({"0.weight": override}),
+        scope="global",
+    )
     masks = train(kernels(TINY, LARGE, SMALL), method, steps=1)[1]
     assert torch.equal(masks["0.weight_mask"], tiny_kept)
     assert torch.equal(
@@ -184,9 +186,8 @@ def test_an_overridden_layer_reaches_its_own_target_and_the_rest_are_pooled(
 def test_an_override_is_reached_when_the_global_target_is_zero() -> None:
     """`sparsity.target=0` with one overridden layer prunes that layer alone, to its target."""
     method = MagnitudePruning(
-        0.0, begin_step=0, end_step=1, frequency=1, scope="global",
-        layer_sparsity={"0.weight": 0.25},
-    )  # fmt: skip
+        PolynomialSchedule(0.0, 0, 1, 1), budget=UniformBudget({"0.weight": 0.25}), scope="global"
+    )
     masks = train(kernels(TINY, LARGE), method, steps=1)[1]
     assert torch.equal(masks["0.weight_mask"], TINY_AT_25)
     assert bool(masks["1.weight_mask"].all())

@@ -16,8 +16,8 @@ from sparse_lightning.data.imagenet import ImageFolderDataModule
 from sparse_lightning.data.toy import NUM_CLASSES, make_image_folder
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.lr_schedules import warmup_step_decay
-from sparse_lightning.masks import select_prunable
 from sparse_lightning.models.resnet import build_resnet
+from sparse_lightning.selection import select_prunable
 from tests.conftest import run_cli
 
 
@@ -96,8 +96,9 @@ def test_sos_resnet50_preset_holds_paper_values() -> None:
     sched = cfg.task.lr_scheduler
     assert sched.steps_per_epoch == 1251 and sched.warmup_epochs == 5
     assert list(sched.decay_epochs) == [30, 60, 80] and sched.gamma == 0.1
-    assert cfg.method._target_.endswith("MagnitudePruning")
-    assert (cfg.method.begin_step, cfg.method.end_step, cfg.method.frequency) == (
+    assert cfg.method.score._target_.endswith("MagnitudeScore")
+    schedule = cfg.method.schedule
+    assert (schedule.begin_step, schedule.end_step, schedule.frequency) == (
         40_000,
         76_000,
         2000,

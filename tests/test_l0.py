@@ -15,6 +15,7 @@ from sparse_lightning.callbacks import L0Regularization
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import L0_CLASSES, l0, reparameterise
 from sparse_lightning.layers.workspace import claim
+from sparse_lightning.schedules import RegulariserRamp
 from tests.toy import fit
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # Louizos et al. (2018), typed independently
@@ -98,20 +99,20 @@ def test_gradients_reach_log_alpha_and_theta_and_eval_uses_the_eval_gate(module,
     [
         (dict(weight=-0.1), "weight=-0.1"),
         (dict(weight=float("inf")), "weight=inf"),
-        (dict(begin_step=5, end_step=2), "begin_step=5"),
-        (dict(begin_step=-1), "begin_step=-1"),
+        (dict(ramp=(5, 2)), "begin_step=5"),
+        (dict(ramp=(-1, 10)), "begin_step=-1"),
     ],
 )
 def test_bad_input_is_a_config_error(kwargs, message):
-    args = dict(weight=1e-3, begin_step=0, end_step=10)
+    args = dict(weight=1e-3, ramp=(0, 10))
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message):
-        L0Regularization(**args)
+        L0Regularization(**{**args, "ramp": RegulariserRamp(*args["ramp"])})
 
 
 def test_callback_ends_with_eval_gate_masks_and_folded_weights():
     pl.seed_everything(0)
-    method = L0Regularization(weight=0.12, begin_step=0, end_step=10, grad_scale=100.0)
+    method = L0Regularization(weight=0.12, ramp=RegulariserRamp(0, 10), grad_scale=100.0)
     fit(method, steps=30)
     assert 0.0 < method.mask_set.sparsity() < 1.0
     for entry, layer in zip(method.mask_set.entries, method.layers):

@@ -10,9 +10,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from sparse_lightning.budgets import UniformBudget
 from sparse_lightning.callbacks import MagnitudePruning
 from sparse_lightning.modules import ClassificationModule
 from sparse_lightning.schedules import PolynomialSchedule
+from sparse_lightning.selection import LayerSelection
 from tests.toy import loader, tiny_model
 
 STEPS = 30
@@ -59,11 +61,10 @@ class ZeroWatch(pl.Callback):
         self.history.append(self.method.mask_set.masks())
 
 
-def fit(optimizer="sgd_nesterov_wd", steps=STEPS, **method_kwargs):
+def fit(optimizer="sgd_nesterov_wd", steps=STEPS, target_sparsity=0.8, **parts):
     pl.seed_everything(0)
-    kwargs = dict(target_sparsity=0.8, begin_step=5, end_step=20, frequency=5)
-    kwargs.update(method_kwargs)
-    method = MagnitudePruning(**kwargs)
+    schedule = PolynomialSchedule(target_sparsity, begin_step=5, end_step=20, frequency=5)
+    method = MagnitudePruning(schedule, **parts)
     watch = ZeroWatch(method)
     module = ClassificationModule(tiny_model(), OPTIMIZERS[optimizer], num_classes=4)
     trainer = pl.Trainer(
@@ -119,7 +120,10 @@ def test_global_scope_reaches_the_target_over_all_weights_and_not_per_layer():
 
 
 def test_first_layer_dense_and_per_layer_override():
-    _, method, _, _ = fit(first_layer_dense=True, layer_sparsity={"6.weight": 0.5})
+    _, method, _, _ = fit(
+        selection=LayerSelection(first_layer_dense=True),
+        budget=UniformBudget({"6.weight": 0.5}),
+    )
     sparsity = method.mask_set.layer_sparsity()
     assert "0.weight" not in sparsity
     assert sparsity["4.weight"] == pytest.approx(0.8, abs=1e-2)

@@ -8,16 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from sparse_lightning.budgets import UniformBudget
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.masks import (
-    MaskSet,
-    add_missing_mask_buffers,
-    default_prunable_names,
-    resolve_layer_targets,
-    select_prunable,
-    strip_masks,
-)
+from sparse_lightning.masks import MaskSet, add_missing_mask_buffers, strip_masks
 from sparse_lightning.pruning import global_masks, keep_top, kth_smallest, layerwise_masks
+from sparse_lightning.selection import default_prunable_names, select_prunable
 
 
 class Net(nn.Module):
@@ -59,16 +54,17 @@ def test_a_pattern_matching_nothing_is_an_error_naming_it(kwargs, bad):
 
 
 def test_per_layer_overrides_and_their_errors():
-    names = ["embed.weight", "conv.weight", "fc.weight"]
-    assert resolve_layer_targets(names, 0.9, {"conv.*": 0.5}) == {
+    shapes = {"embed.weight": (4, 2), "conv.weight": (3, 2, 2), "fc.weight": (2, 3)}
+    assert UniformBudget({"conv.*": 0.5}).targets(shapes, 0.9) == {
         "embed.weight": 0.9,
         "conv.weight": 0.5,
         "fc.weight": 0.9,
     }
+    assert UniformBudget({"conv.*": 0.5}).pooled(list(shapes)) == ["embed.weight", "fc.weight"]
     with pytest.raises(ConfigError, match="missing"):
-        resolve_layer_targets(names, 0.9, {"missing": 0.5})
+        UniformBudget({"missing": 0.5}).targets(shapes, 0.9)
     with pytest.raises(ConfigError, match="1.5"):
-        resolve_layer_targets(names, 0.9, {"conv.*": 1.5})
+        UniformBudget({"conv.*": 1.5}).targets(shapes, 0.9)
 
 
 def test_keep_top_keeps_exactly_the_largest_entries_like_a_full_sort():

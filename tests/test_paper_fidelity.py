@@ -181,9 +181,9 @@ def test_transformer_variational_dropout_takes_its_runs_regulariser(level):
     cfg = composed("experiment=sos_transformer", "method=variational_dropout", f"sparsity=s{level}")
     ramp, begin, end, weight, threshold = TRANSFORMER_VD[level]
     callback = instantiate(cfg.method)
-    assert (callback.ramp, callback.threshold) == (ramp, threshold)
-    assert callback.begin_step == paper_step(cfg, begin, TRANSFORMER_STEPS)
-    assert callback.end_step == paper_step(cfg, end, TRANSFORMER_STEPS)
+    assert (callback.ramp.shape, callback.threshold) == (ramp, threshold)
+    assert callback.ramp.begin_step == paper_step(cfg, begin, TRANSFORMER_STEPS)
+    assert callback.ramp.end_step == paper_step(cfg, end, TRANSFORMER_STEPS)
     assert callback.reg_weight == pytest.approx(weight, rel=1e-9)
     assert callback.log_sigma2_init == -10.0  # common_sparse.py, constant_initializer(-10)
 
@@ -193,9 +193,9 @@ def test_transformer_l0_takes_its_runs_regulariser(level):
     cfg = composed("experiment=sos_transformer", "method=l0", f"sparsity=s{level}")
     ramp, begin, end, weight = TRANSFORMER_L0[level]
     callback = instantiate(cfg.method)
-    assert callback.ramp == ramp
-    assert callback.begin_step == paper_step(cfg, begin, TRANSFORMER_STEPS)
-    assert callback.end_step == paper_step(cfg, end, TRANSFORMER_STEPS)
+    assert callback.ramp.shape == ramp
+    assert callback.ramp.begin_step == paper_step(cfg, begin, TRANSFORMER_STEPS)
+    assert callback.ramp.end_step == paper_step(cfg, end, TRANSFORMER_STEPS)
     assert callback.reg_weight == pytest.approx(weight, rel=1e-9)
 
 
@@ -204,9 +204,13 @@ def test_resnet50_variational_dropout_takes_its_runs_regulariser(level):
     cfg = composed("experiment=sos_resnet50", "method=variational_dropout", f"sparsity=s{level}")
     begin, end, coefficient = RN50_VD[level]
     callback = instantiate(cfg.method)
-    assert (callback.ramp, callback.threshold, callback.log_sigma2_init) == ("linear", 0.5, -15.0)
-    assert callback.begin_step == paper_step(cfg, begin, RN50_STEPS)
-    assert callback.end_step == paper_step(cfg, end, RN50_STEPS)
+    assert (callback.ramp.shape, callback.threshold, callback.log_sigma2_init) == (
+        "linear",
+        0.5,
+        -15.0,
+    )
+    assert callback.ramp.begin_step == paper_step(cfg, begin, RN50_STEPS)
+    assert callback.ramp.end_step == paper_step(cfg, end, RN50_STEPS)
     assert callback.reg_weight == pytest.approx(coefficient, rel=1e-9)
 
 

@@ -37,7 +37,7 @@ def test_every_method_builds_under_each_paper_preset(experiment, method):
         assert "frequency" not in cfg.method
     elif isinstance(callback, VariationalDropout | L0Regularization):
         assert "frequency" not in cfg.method
-        assert 0 <= callback.begin_step < callback.end_step <= max_steps
+        assert 0 <= callback.ramp.begin_step < callback.ramp.end_step <= max_steps
     elif callback.method_name == "magnitude":  # the paper's schedule for this model
         assert (callback.schedule.begin_step, callback.schedule.end_step) == (
             int(begin * max_steps),

@@ -20,6 +20,7 @@ from sparse_lightning.callbacks import L0Regularization, VariationalDropout
 from sparse_lightning.config import CONF_DIR
 from sparse_lightning.export import export
 from sparse_lightning.modules import ClassificationModule
+from sparse_lightning.schedules import RegulariserRamp
 from tests.conftest import TINY, run_cli
 from tests.toy import fit, loader, tiny_model
 
@@ -49,7 +50,7 @@ def attached(method):
 # -- the regulariser carries its gradient ------------------------------------------------------
 def test_vd_loss_back_propagates_weight_times_the_kl_gradient():
     torch.manual_seed(0)
-    method = VariationalDropout(kl_weight=0.3, begin_step=0, end_step=0, log_sigma2_init=-4.0)
+    method = VariationalDropout(kl_weight=0.3, ramp=RegulariserRamp(0, 0), log_sigma2_init=-4.0)
     module = attached(method)
     with torch.no_grad():  # log_alpha spread over the clip range, some entries clipped
         for layer in method.layers:
@@ -69,7 +70,7 @@ def test_vd_loss_back_propagates_weight_times_the_kl_gradient():
 
 def test_l0_loss_back_propagates_weight_times_the_expected_l0_gradient():
     torch.manual_seed(0)
-    method = L0Regularization(weight=0.2, begin_step=0, end_step=0)
+    method = L0Regularization(weight=0.2, ramp=RegulariserRamp(0, 0))
     module = attached(method)
     module.train()
     module.model(next(iter(loader()))[0])
@@ -83,8 +84,8 @@ def test_l0_loss_back_propagates_weight_times_the_expected_l0_gradient():
 @pytest.mark.parametrize(
     "make, weight",
     [
-        (lambda w: VariationalDropout(kl_weight=w, begin_step=0, end_step=10, threshold=0.0), 1e-3),
-        (lambda w: L0Regularization(weight=w, begin_step=0, end_step=10, grad_scale=100.0), 0.12),
+        (lambda w: VariationalDropout(w, RegulariserRamp(0, 10), threshold=0.0), 1e-3),
+        (lambda w: L0Regularization(w, RegulariserRamp(0, 10), grad_scale=100.0), 0.12),
     ],
     ids=["vd", "l0"],
 )
@@ -106,11 +107,11 @@ def test_the_regulariser_is_what_prunes(make, weight):
     "make, rule",
     [
         (
-            lambda: VariationalDropout(kl_weight=1e-3, begin_step=0, end_step=10, threshold=0.0),
+            lambda: VariationalDropout(kl_weight=1e-3, ramp=RegulariserRamp(0, 10), threshold=0.0),
             lambda layer: layer.log_sigma2 - torch.log(layer.weight**2 + 1e-8) < 0.0,
         ),
         (
-            lambda: L0Regularization(weight=0.12, begin_step=0, end_step=10, grad_scale=100.0),
+            lambda: L0Regularization(weight=0.12, ramp=RegulariserRamp(0, 10), grad_scale=100.0),
             lambda layer: (torch.sigmoid(layer.log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0, 1) > 0,
         ),
     ],

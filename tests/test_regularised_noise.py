@@ -11,6 +11,7 @@ from sparse_lightning.layers import variational_dropout as vd
 from sparse_lightning.layers.backends import build as native
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.workspace import Workspace
+from sparse_lightning.schedules import RegulariserRamp
 from tests.toy import fit
 
 BIG = noise.PARALLEL_MIN_NUMEL * 4  # drawn by the thread pool
@@ -155,8 +156,8 @@ def test_grad_scale_multiplies_only_the_added_parameter_gradient(step, init):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: VariationalDropout(kl_weight=0.05, begin_step=0, end_step=12, threshold=0.0),
-        lambda: L0Regularization(weight=1e-3, begin_step=0, end_step=12, grad_scale=100.0),
+        lambda: VariationalDropout(kl_weight=0.05, ramp=RegulariserRamp(0, 12), threshold=0.0),
+        lambda: L0Regularization(weight=1e-3, ramp=RegulariserRamp(0, 12), grad_scale=100.0),
     ],
     ids=["variational_dropout", "l0"],
 )

@@ -48,8 +48,8 @@ def test_sparsity_never_decreases():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(final_sparsity=1.0), "final_sparsity=1.0"),
-        (dict(final_sparsity=-0.1), "final_sparsity=-0.1"),
+        (dict(final_sparsity=1.0), "sparsity target 1.0"),
+        (dict(final_sparsity=-0.1), "sparsity target -0.1"),
         (dict(begin_step=110), "begin_step=110"),
         (dict(frequency=0), "frequency=0"),
         (dict(begin_step=-1), "begin_step=-1"),

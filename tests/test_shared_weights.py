@@ -33,6 +33,7 @@ from sparse_lightning.layers.reparameterise import (
 from sparse_lightning.masks import strip_masks
 from sparse_lightning.models.transformer import EOS_ID, build_transformer
 from sparse_lightning.modules import ClassificationModule, TranslationModule
+from sparse_lightning.schedules import RegulariserRamp
 from tests.conftest import run_cli
 from tests.test_wmt_transformer import TINY_MODEL, make_corpus
 
@@ -121,8 +122,8 @@ KINDS = pytest.mark.parametrize("kind", ["vd", "l0"])
 
 def make_method(kind: str, weight: float) -> pl.Callback:
     if kind == "vd":
-        return VariationalDropout(kl_weight=weight, begin_step=0, end_step=0)
-    return L0Regularization(weight=weight, begin_step=0, end_step=0)
+        return VariationalDropout(kl_weight=weight, ramp=RegulariserRamp(0, 0))
+    return L0Regularization(weight=weight, ramp=RegulariserRamp(0, 0))
 
 
 def trainer(max_steps: int, callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -251,7 +252,7 @@ def test_a_shared_weight_with_another_kind_of_use_is_refused_in_one_line():
     assert str(error.value) == (
         "cannot reparameterise 'embed.weight': 'scale' (Scaled.weight) uses the same tensor; "
         "every use of a shared weight must be the weight of a Linear, Conv1d, Conv2d or Embedding "
-        "(exclude it, e.g. method.exclude=['embed.weight'])"
+        "(exclude it, e.g. method.selection.exclude=['embed.weight'])"
     )
     assert type(model.embed) is nn.Embedding and type(model.out) is nn.Linear  # left as it was
 
@@ -267,7 +268,7 @@ def test_a_shared_weight_of_the_wrong_shape_for_a_use_is_refused_before_training
     assert str(error.value) == (
         "cannot reparameterise 'embed.weight': 'conv' (Conv1d) uses it as its weight, which has "
         "shape (50, 8, 1) in a Conv1d, not (50, 8) "
-        "(exclude it, e.g. method.exclude=['embed.weight'])"
+        "(exclude it, e.g. method.selection.exclude=['embed.weight'])"
     )
     assert recorder.calls == 0
 
@@ -306,8 +307,8 @@ def test_a_short_run_prunes_part_of_the_transformer_embedding(tmp_path: Path, me
         "data.max_length=16",
         "data.max_eval_length=32", "data.num_workers=0", "task.lr_scheduler.warmup_steps=10",
         "task.val_bleu_batches=1", "task.max_decode_extra=5", "trainer.max_steps=20",
-        "trainer.val_check_interval=20", "logger=none", "sparsity=s90", "method.begin_step=0",
-        "method.end_step=0", "task.lr_scheduler.scale=10", *method,
+        "trainer.val_check_interval=20", "logger=none", "sparsity=s90", "method.ramp.begin_step=0",
+        "method.ramp.end_step=0", "task.lr_scheduler.scale=10", *method,
     )  # fmt: skip
     results = json.loads((run / "results.json").read_text())
     embedding = results["layer_sparsity"]["model.shared.weight"]

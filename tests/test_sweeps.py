@@ -22,13 +22,18 @@ from sparse_lightning.launch import LauncherCheck, check_launcher
 from tests.conftest import TINY, run_command, sparse_train
 
 
+def shared(path: Path) -> bool:
+    """A part that a group's options include (conf/method/_base.yaml), not an option."""
+    return path.stem.startswith("_")
+
+
 def options() -> list[tuple[str, str]]:
     """(group, option) for every yaml file below conf/ except the primary config and
     conf/tuned/, whose files a (tuning, method, sparsity) choice selects (tests/test_presets.py)."""
     found = []
     for path in sorted(CONF_DIR.rglob("*.yaml")):
         group = path.parent.relative_to(CONF_DIR).as_posix()
-        if group != "." and group.split("/")[0] not in ("tuning", "tuned"):
+        if group != "." and group.split("/")[0] not in ("tuning", "tuned") and not shared(path):
             found.append((group, path.stem))
     return found
 
@@ -206,7 +211,8 @@ defaults:
   - override /model: cnn1d_narrow
   - override /method: magnitude
 method:
-  layer_sparsity: {"0.weight": 0.25}
+  budget:
+    layer_sparsity: {"0.weight": 0.25}
 hydra:
   sweeper:
     params:

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_lightning.callbacks import VariationalDropout
-from sparse_lightning.callbacks.variational_dropout import ramp_fraction
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import VD_CLASSES, reparameterise, strip_reparameterisation
 from sparse_lightning.layers import variational_dropout as vd
 from sparse_lightning.modules import ClassificationModule
+from sparse_lightning.schedules import RegulariserRamp
 from tests.toy import fit, loader, tiny_model
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. (2017), eq. 14, typed independently
@@ -167,11 +167,11 @@ def test_swap_keeps_names_and_strip_gives_a_plain_state_dict():
 
 
 def test_ramp_is_linear_or_cubic_between_its_bounds():
-    assert ramp_fraction(0, 10, 20, "linear") == 0.0
-    assert ramp_fraction(15, 10, 20, "linear") == pytest.approx(0.5)
-    assert ramp_fraction(15, 10, 20, "cubic") == pytest.approx(1 - 0.5**3)
-    assert ramp_fraction(25, 10, 20, "cubic") == 1.0
-    assert ramp_fraction(10, 10, 10, "linear") == 1.0
+    assert RegulariserRamp(10, 20, "linear").fraction_at(0) == 0.0
+    assert RegulariserRamp(10, 20, "linear").fraction_at(15) == pytest.approx(0.5)
+    assert RegulariserRamp(10, 20, "cubic").fraction_at(15) == pytest.approx(1 - 0.5**3)
+    assert RegulariserRamp(10, 20, "cubic").fraction_at(25) == 1.0
+    assert RegulariserRamp(10, 10, "linear").fraction_at(10) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -180,20 +180,21 @@ def test_ramp_is_linear_or_cubic_between_its_bounds():
         (dict(kl_weight=-1.0), "kl_weight=-1.0"),
         (dict(kl_weight=float("nan")), "kl_weight=nan"),
         (dict(threshold=float("inf")), "threshold=inf"),
-        (dict(begin_step=30, end_step=10), "begin_step=30"),
-        (dict(ramp="quadratic"), "ramp='quadratic'"),
+        (dict(ramp=(30, 10)), "begin_step=30"),
+        (dict(ramp=(0, 10, "quadratic")), "shape='quadratic'"),
+        (dict(backend="fast"), "backend='fast'"),
     ],
 )
 def test_bad_input_is_a_config_error(kwargs, message):
-    args = dict(kl_weight=1e-3, begin_step=0, end_step=10, threshold=3.0)
+    args = dict(kl_weight=1e-3, ramp=(0, 10), threshold=3.0)
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        VariationalDropout(**args)
+        VariationalDropout(**{**args, "ramp": RegulariserRamp(*args["ramp"])})
 
 
 def test_callback_trains_ends_with_evaluation_masks_and_resumes_from_a_checkpoint(tmp_path):
     pl.seed_everything(0)
-    method = VariationalDropout(kl_weight=0.05, begin_step=0, end_step=10, threshold=0.0)
+    method = VariationalDropout(kl_weight=0.05, ramp=RegulariserRamp(0, 10), threshold=0.0)
     module, trainer = fit(method)
     names = method.mask_set.names
     assert names == ["0.weight", "4.weight", "6.weight"]
@@ -212,7 +213,7 @@ def test_callback_trains_ends_with_evaluation_masks_and_resumes_from_a_checkpoin
     state = torch.load(path, weights_only=False)["state_dict"]
     assert {"model.0.log_sigma2", "model.0.weight", "model.0.weight_mask"} <= set(state)
     pl.seed_everything(1)
-    fresh_method = VariationalDropout(kl_weight=0.05, begin_step=0, end_step=10, threshold=0.0)
+    fresh_method = VariationalDropout(kl_weight=0.05, ramp=RegulariserRamp(0, 10), threshold=0.0)
     fresh, fresh_trainer = fit(fresh_method, steps=20, ckpt_path=path)
     assert fresh_trainer.global_step == 20  # nothing left to do: restored at the last step
     for key, value in module.state_dict().items():
@@ -258,7 +259,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_method_state():
     from sparse_lightning.run.finite_loss import FiniteLossGuard, NonFiniteLossError
 
     pl.seed_everything(0)
-    method = VariationalDropout(kl_weight=1e-3, begin_step=0, end_step=10)
+    method = VariationalDropout(kl_weight=1e-3, ramp=RegulariserRamp(0, 10))
     module = ClassificationModule(
         tiny_model(), lambda p: torch.optim.SGD(p, lr=0.05), num_classes=4
     )

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from wandb.proto import wandb_internal_pb2
 
 from sparse_lightning.callbacks import MagnitudePruning
-from sparse_lightning.callbacks.sparsity_monitor import SparsityMonitor
 from sparse_lightning.modules import ClassificationModule
+from sparse_lightning.run.monitor import SparsityMonitor
+from sparse_lightning.schedules import PolynomialSchedule
 from tests.conftest import TINY, run_command, sparse_train
 
 BLOCK = 32768  # W&B's .wandb file: a LevelDB-style log of wandb_internal_pb2.Record messages
@@ -93,9 +94,8 @@ def test_each_run_of_a_sweep_is_its_own_offline_wandb_run(sweep: Path) -> None:
             "init=standard",
         }
         config = {key(item): json.loads(item.value_json) for item in run.config.update}
-        assert (
-            config["method"]["target_sparsity"] == int(sparsity.removeprefix("s")) / 100
-        )  # resolved
+        resolved_target = config["method"]["schedule"]["final_sparsity"]
+        assert resolved_target == int(sparsity.removeprefix("s")) / 100
         assert config["trainer"]["max_steps"] == 40
         assert config["model"]["_target_"].endswith("cnn1d")
 
@@ -167,7 +167,7 @@ def test_monitor_logs_only_on_update_and_every_n_steps_with_any_logger() -> None
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     module = ClassificationModule(model, partial(torch.optim.SGD, lr=0.1), num_classes=3)
-    method = MagnitudePruning(0.8, begin_step=2, end_step=10, frequency=4)
+    method = MagnitudePruning(PolynomialSchedule(0.8, begin_step=2, end_step=10, frequency=4))
     data = TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
     logger = MemoryLogger()
     trainer = pl.Trainer(

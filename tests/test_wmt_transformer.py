@@ -21,10 +21,11 @@ from sparse_lightning.data.toy import make_corpus
 from sparse_lightning.data.wmt import ParallelTextDataModule
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.lr_schedules import inverse_sqrt, inverse_sqrt_factor
-from sparse_lightning.masks import select_prunable
 from sparse_lightning.models.transformer import EOS_ID, build_transformer
 from sparse_lightning.modules import TranslationModule
 from sparse_lightning.modules.translation import tokenized_bleu
+from sparse_lightning.schedules import PolynomialSchedule
+from sparse_lightning.selection import select_prunable
 from tests.conftest import run_cli
 
 TINY_MODEL = [
@@ -73,7 +74,7 @@ def test_prunable_set_is_attention_ffn_and_the_one_embedding() -> None:
 
 def test_magnitude_pruning_prunes_the_tied_embedding_once() -> None:
     model = tiny_model()
-    method = MagnitudePruning(0.9, begin_step=0, end_step=1, frequency=1)
+    method = MagnitudePruning(PolynomialSchedule(0.9, begin_step=0, end_step=1, frequency=1))
     mask_set = method.attach(model)
     method.update_masks(1)
     assert mask_set.sparsity() == pytest.approx(0.9, abs=2e-3)
@@ -223,7 +224,7 @@ def test_sos_transformer_runs_at_laptop_size(
 
 
 def test_preset_option_keeps_the_embedding_dense(corpus: Path) -> None:
-    overrides = [*laptop_overrides(corpus), "method.exclude=[model.shared.weight]"]
+    overrides = [*laptop_overrides(corpus), "method.selection.exclude=[model.shared.weight]"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides)
     method = instantiate(cfg.method)

@@ -1,9 +1,10 @@
-"""What every sparsity method shares: layer selection, mask buffers, masking after each step."""
+"""What every sparsity method shares: a layer selection and a layer budget (its parts), mask
+buffers, masking after each step, and the interface the monitor reads."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,8 +12,10 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
+from sparse_lightning.budgets import LayerBudget, UniformBudget
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.masks import MaskSet, resolve_layer_targets, select_prunable
+from sparse_lightning.masks import MaskSet
+from sparse_lightning.selection import LayerSelection
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,8 @@ class SparsityCallback(pl.Callback):
     def __init__(
         self,
         target_sparsity: float = 0.0,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
-        first_layer_dense: bool = False,
-        last_layer_dense: bool = False,
-        layer_sparsity: Mapping[str, float] | None = None,
+        selection: LayerSelection | None = None,
+        budget: LayerBudget | None = None,
     ) -> None:
         target_sparsity = float(target_sparsity)
         if not 0.0 <= target_sparsity < 1.0:
@@ -50,11 +50,8 @@ class SparsityCallback(pl.Callback):
                 f"sparsity target {target_sparsity} is outside the allowed range [0, 1)"
             )
         self.target_sparsity = target_sparsity
-        self.include = list(include) if include else None
-        self.exclude = list(exclude or ())
-        self.first_layer_dense = bool(first_layer_dense)
-        self.last_layer_dense = bool(last_layer_dense)
-        self.layer_sparsity_overrides = dict(layer_sparsity or {})
+        self.selection = selection or LayerSelection()
+        self.budget = budget or UniformBudget()
         self.mask_set: MaskSet | None = None
         self.layer_targets: dict[str, float] = {}
         self._hook_handles: list[Any] = []
@@ -64,12 +61,10 @@ class SparsityCallback(pl.Callback):
         """Choose the prunable weights of ``model`` and give them mask buffers (idempotent)."""
         if self.mask_set is not None:
             return self.mask_set
-        names = select_prunable(
-            model, self.include, self.exclude, self.first_layer_dense, self.last_layer_dense
-        )
-        self.layer_targets = resolve_layer_targets(
-            names, self.target_sparsity, self.layer_sparsity_overrides
-        )
+        names = self.selection.select(model)
+        params = dict(model.named_parameters())
+        shapes = {n: tuple(params[n].shape) for n in names}
+        self.layer_targets = self.budget.targets(shapes, self.target_sparsity)
         self.mask_set = MaskSet(model, names)
         self._log_selection(model, names)
         return self.mask_set
@@ -96,12 +91,30 @@ class SparsityCallback(pl.Callback):
     def check_budget(self, max_steps: int) -> None:
         """Raise ConfigError if the schedule cannot finish within ``max_steps`` optimiser steps."""
 
+    # -- what the monitor and the progress bar read -------------------------------------------
     def current_sparsity(self) -> float:
         """Fraction of the prunable weights the method prunes now (one host sync): the masks'
         pruned fraction; methods whose masks are set only at the end (VD, l0) override it with
         their evaluation rule. What the logs call ``sparsity/global``."""
         assert self.mask_set is not None
         return self.mask_set.sparsity()
+
+    def scheduled_sparsity(self, step: int) -> float:
+        """The sparsity the method aims at after ``step`` optimiser steps (``sparsity/target``):
+        a schedule's s_t, else the fixed target."""
+        return self.target_sparsity
+
+    def changes_at(self, step: int) -> bool:
+        """Whether the masks may change after ``step`` (the monitor logs such steps too)."""
+        return False
+
+    def progress(self, step: int) -> dict[str, float]:
+        """The metrics a monitor logs after ``step`` (one host sync): ``sparsity/target``,
+        ``sparsity/global`` and what a method adds (e.g. its regulariser weight)."""
+        return {
+            "sparsity/target": float(self.scheduled_sparsity(step)),
+            "sparsity/global": self.current_sparsity(),
+        }
 
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -142,8 +155,12 @@ class DenseBaseline(SparsityCallback):
 
     method_name = "dense"
 
-    def __init__(self, **selection: Any) -> None:
-        super().__init__(target_sparsity=0.0, **selection)
+    def __init__(
+        self, selection: LayerSelection | None = None, budget: LayerBudget | None = None
+    ) -> None:
+        """``budget`` is taken (so a ``budget=`` sweep may include dense) and has nothing to
+        share out: every mask stays full."""
+        super().__init__(0.0, selection)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """No per-step work unless masks were given (``init.keep_mask``): then they hold."""

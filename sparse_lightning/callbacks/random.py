@@ -3,13 +3,16 @@ baseline every method must beat (Gale et al. 2019, section 3)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from sparse_lightning.budgets import LayerBudget
 from sparse_lightning.callbacks.base import checked_seed
-from sparse_lightning.callbacks.magnitude import GradualPruning
+from sparse_lightning.callbacks.gradual import GradualPruning
+from sparse_lightning.schedules import PolynomialSchedule
+from sparse_lightning.selection import LayerSelection
 
 
 def update_generator(seed: int, step: int) -> torch.Generator:
@@ -19,19 +22,29 @@ def update_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state))
 
 
-class RandomPruning(GradualPruning):
-    """Same schedule, layer selection and per-layer targets as ``MagnitudePruning``; at each
-    update the pruned entries are drawn uniformly at random among the live ones (random scores,
-    lowest pruned)."""
+class RandomScore:
+    """U(0, 1) per entry, drawn on the CPU (identical on every device) for the update step:
+    the pruned entries are uniformly random among the live ones."""
 
-    method_name = "random"
+    name = "random"
 
-    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
-        """``seed`` (the run seed) plus every ``GradualPruning`` argument."""
-        super().__init__(*args, **kwargs)
+    def __init__(self, seed: int = 0) -> None:
         self.seed = checked_seed(seed)
 
-    def scores(self, weights: list[torch.Tensor], step: int) -> list[torch.Tensor]:
-        """U(0, 1) per entry, drawn on the CPU (identical on every device) for this update step."""
+    def __call__(self, weights: Sequence[torch.Tensor], step: int) -> list[torch.Tensor]:
         generator = update_generator(self.seed, step)
         return [torch.rand(w.shape, generator=generator).to(w.device) for w in weights]
+
+
+class RandomPruning(GradualPruning):
+    """Gradual pruning with random scores: magnitude pruning's schedule, selection and budget."""
+
+    def __init__(
+        self,
+        schedule: PolynomialSchedule,
+        seed: int = 0,
+        selection: LayerSelection | None = None,
+        budget: LayerBudget | None = None,
+        scope: str = "layer",
+    ) -> None:
+        super().__init__(RandomScore(seed), schedule, selection, budget, scope)

@@ -5,34 +5,24 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from sparse_lightning.budgets import LayerBudget, UniformBudget
 from sparse_lightning.callbacks.base import SparsityCallback, checked_seed
 from sparse_lightning.errors import ConfigError
+from sparse_lightning.layers import backends
 from sparse_lightning.layers import variational_dropout as vd_math
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.reparameterise import VD_CLASSES, reparameterise
+from sparse_lightning.schedules import RegulariserRamp
+from sparse_lightning.selection import LayerSelection
 
 log = logging.getLogger(__name__)
-
-RAMPS = ("linear", "cubic")
-
-
-def ramp_fraction(step: int, begin_step: int, end_step: int, ramp: str) -> float:
-    """Fraction of the final regulariser weight after ``step`` optimiser steps: 0 up to
-    ``begin_step``, 1 from ``end_step``; in between p = (step - begin) / (end - begin) ("linear")
-    or 1 - (1 - p)^3 ("cubic", the Zhu & Gupta 2017 curve of the pruning schedule)."""
-    if step <= begin_step:
-        return 0.0 if step < end_step else 1.0
-    if step >= end_step:
-        return 1.0
-    p = (step - begin_step) / (end_step - begin_step)
-    return p if ramp == "linear" else 1.0 - (1.0 - p) ** 3
 
 
 def _finite_number(name: str, value: Any, minimum: float | None = None) -> float:
@@ -64,30 +54,32 @@ class RegularisedSparsity(SparsityCallback):
     def __init__(
         self,
         weight: float,
-        begin_step: int,
-        end_step: int,
-        ramp: str = "linear",
+        ramp: RegulariserRamp,
         grad_scale: float = 1.0,
         target_sparsity: float = 0.0,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
-        first_layer_dense: bool = False,
-        last_layer_dense: bool = False,
+        selection: LayerSelection | None = None,
+        budget: LayerBudget | None = None,
         seed: int = 0,
+        backend: str = "auto",
     ) -> None:
-        super().__init__(target_sparsity, include, exclude, first_layer_dense, last_layer_dense)
+        if budget is not None and not isinstance(budget, UniformBudget):
+            raise ConfigError(
+                f"budget={budget.name} does not apply to {self.method_name}: its sparsity is the "
+                f"outcome of its regulariser (use budget=uniform)"
+            )
+        if budget is not None and budget.layer_sparsity:
+            raise ConfigError(
+                f"{self.method_name} takes no layer_sparsity: its per-layer sparsity is the "
+                f"outcome of its regulariser"
+            )
+        super().__init__(target_sparsity, selection, budget)
         self.seed = checked_seed(seed)
         self.grad_scale = _finite_number("grad_scale", grad_scale, minimum=0.0)
         self.reg_weight = _finite_number(self.weight_name, weight, minimum=0.0)
-        self.begin_step = int(_finite_number("begin_step", begin_step, minimum=0.0))
-        self.end_step = int(_finite_number("end_step", end_step, minimum=0.0))
-        if self.begin_step > self.end_step:
-            raise ConfigError(
-                f"begin_step={self.begin_step} must not be after end_step={self.end_step}"
-            )
-        if ramp not in RAMPS:
-            raise ConfigError(f"ramp='{ramp}' is not one of {', '.join(RAMPS)}")
         self.ramp = ramp
+        if backend not in backends.BACKENDS:
+            raise ConfigError(f"backend='{backend}' is not one of {', '.join(backends.BACKENDS)}")
+        self.backend = backend
         self.layers: list[nn.Module] = []
         self._trainer: pl.Trainer | None = None
         self.noise: NoiseSource | None = None
@@ -104,14 +96,22 @@ class RegularisedSparsity(SparsityCallback):
 
     # -- schedule ----------------------------------------------------------------------------
     def check_budget(self, max_steps: int) -> None:
-        if max_steps is not None and 0 < max_steps < self.end_step:
+        if max_steps is not None and 0 < max_steps < self.ramp.end_step:
             raise ConfigError(
-                f"end_step={self.end_step} is after the last training step "
+                f"end_step={self.ramp.end_step} is after the last training step "
                 f"(trainer.max_steps={max_steps}); the {self.weight_name} would never be reached"
             )
 
     def current_weight(self, step: int) -> float:
-        return self.reg_weight * ramp_fraction(step, self.begin_step, self.end_step, self.ramp)
+        """The regulariser's weight after ``step`` optimiser steps: its final weight, ramped."""
+        return self.reg_weight * self.ramp.fraction_at(step)
+
+    def progress(self, step: int) -> dict[str, float]:
+        return {**super().progress(step), "sparsity/reg_weight": self.current_weight(step)}
+
+    def record(self) -> dict[str, Any]:
+        """The backend that computed the passes: its random numbers differ from the other's."""
+        return {"backend": backends.active()}
 
     def loss(self) -> torch.Tensor:
         """weight(t) * sum of the layers' regularisers (computed by their training forward)."""
@@ -131,6 +131,7 @@ class RegularisedSparsity(SparsityCallback):
         super().setup(trainer, pl_module, stage)
         assert self.mask_set is not None
         self._trainer = trainer
+        backends.use_backend(self.backend)
         init = self.layer_init()
         self.layers = [
             reparameterise(pl_module.model, name, self.layer_classes, **init)
@@ -243,32 +244,13 @@ class VariationalDropout(RegularisedSparsity):
     def __init__(
         self,
         kl_weight: float,
-        begin_step: int,
-        end_step: int,
+        ramp: RegulariserRamp,
         threshold: float = vd_math.THRESHOLD,
         log_sigma2_init: float = vd_math.LOG_SIGMA2_INIT,
-        ramp: str = "linear",
-        grad_scale: float = 1.0,
-        target_sparsity: float = 0.0,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
-        first_layer_dense: bool = False,
-        last_layer_dense: bool = False,
-        seed: int = 0,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            kl_weight,
-            begin_step,
-            end_step,
-            ramp,
-            grad_scale,
-            target_sparsity,
-            include,
-            exclude,
-            first_layer_dense,
-            last_layer_dense,
-            seed,
-        )
+        """``common``: ``RegularisedSparsity``'s arguments after ``ramp``."""
+        super().__init__(kl_weight, ramp, **common)
         self.threshold = _finite_number("threshold", threshold)
         self.log_sigma2_init = _finite_number("log_sigma2_init", log_sigma2_init)
 

@@ -345,7 +345,8 @@ def _check_owner(
         allowed = ", ".join(c.__name__ for c in classes)
         raise ConfigError(
             f"cannot reparameterise '{name}' ({type(module).__name__}.{attr}); "
-            f"allowed: the weight of {allowed} (exclude it, e.g. method.exclude=['{name}'])"
+            f"allowed: the weight of {allowed} "
+            f"(exclude it, e.g. method.selection.exclude=['{name}'])"
         )
     if isinstance(module, nn.Embedding) and (module.max_norm is not None or module.sparse):
         raise ConfigError(f"'{name}': embeddings with max_norm or sparse gradients are not allowed")
@@ -362,7 +363,7 @@ def _check_use(
     reparameterised classes cover, whose forward takes a weight of the parameter's shape."""
     kinds = [c.__name__ for c in classes]
     allowed = f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
-    hint = f"(exclude it, e.g. method.exclude=['{name}'])"
+    hint = f"(exclude it, e.g. method.selection.exclude=['{name}'])"
     plain = next((k for k, v in classes.items() if v is type(module)), type(module))
     if attr != "weight" or plain not in classes:
         raise ConfigError(

@@ -1,10 +1,10 @@
 """Sparsity over training for any logger, and the end-of-run tables, charts and summary for W&B.
 
-Logs ``sparsity/target`` (the schedule's s_t, or the method's fixed target),
-``sparsity/global`` (the method's ``current_sparsity()``: the masks' pruned fraction, for VD / l0
-the fraction their evaluation rule prunes) and, for VD / l0, the ramped
-regulariser weight ``sparsity/reg_weight``, on mask-update steps and every
-``every_n_steps`` optimiser steps only: each point costs one host sync, never one per step.
+Logs what the method's ``progress(step)`` gives (``SparsityCallback``): ``sparsity/target``
+(the schedule's s_t, or the fixed target), ``sparsity/global`` (the masks' pruned fraction, for
+VD / l0 the fraction their evaluation rule prunes) and what a method adds (VD / l0: the ramped
+regulariser weight ``sparsity/reg_weight``), on the steps where the method ``changes_at`` and
+every ``every_n_steps`` optimiser steps only: each point costs one host sync, never one per step.
 At the end of training it logs ``sparsity/layer/<name>`` to every logger and, for a
 ``WandbLogger``, a per-layer table and bar chart; `publish_results` puts a finished run's
 ``results.json`` into the W&B run summary and closes the run.
@@ -42,19 +42,10 @@ class SparsityMonitor(pl.Callback):
     def find_method(trainer: pl.Trainer) -> SparsityCallback | None:
         return next((c for c in trainer.callbacks if isinstance(c, SparsityCallback)), None)
 
-    @staticmethod
-    def target_at(method: SparsityCallback, step: int) -> float:
-        """The schedule's s_t where the method has a schedule, else its fixed target."""
-        schedule = getattr(method, "schedule", None)
-        if schedule is not None and hasattr(schedule, "sparsity_at"):
-            return float(schedule.sparsity_at(step))
-        return float(method.target_sparsity)
-
     def _due(self, method: SparsityCallback, step: int) -> bool:
-        if step == self._last_logged:
-            return False
-        is_update = getattr(getattr(method, "schedule", None), "is_update_step", None)
-        return (is_update is not None and is_update(step)) or step % self.every_n_steps == 0
+        return step != self._last_logged and (
+            method.changes_at(step) or step % self.every_n_steps == 0
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._method = self.find_method(trainer)
@@ -70,13 +61,7 @@ class SparsityMonitor(pl.Callback):
         if method is None or method.mask_set is None or not self._due(method, step):
             return
         self._last_logged = step
-        metrics = {
-            "sparsity/target": self.target_at(method, step),
-            "sparsity/global": method.current_sparsity(),  # the one host sync of this step
-        }
-        reg_weight = getattr(method, "current_weight", None)  # VD / l0: the ramped weight
-        if callable(reg_weight):
-            metrics["sparsity/reg_weight"] = float(reg_weight(step))
+        metrics = method.progress(step)  # the one host sync of this step
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
@@ -89,7 +74,7 @@ class SparsityMonitor(pl.Callback):
         step = trainer.global_step
         layers = method.mask_set.layer_sparsity()
         metrics = {
-            "sparsity/target": self.target_at(method, step),
+            "sparsity/target": method.scheduled_sparsity(step),
             "sparsity/global": method.mask_set.sparsity(),
         }
         if self.per_layer:
