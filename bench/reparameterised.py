@@ -42,7 +42,7 @@ if __package__ in (None, ""):
 from sparse_lightning.layers import L0_CLASSES, VD_CLASSES, optimizer_groups, reparameterise
 from sparse_lightning.layers.backends import BACKENDS, use_backend
 from sparse_lightning.layers.noise import NoiseSource
-from sparse_lightning.masks import default_prunable_names
+from sparse_lightning.selection import default_prunable_names
 
 KINDS = ("dense", "vd", "l0")
 BATCH, SIZE, CLASSES = 16, 64, 10

@@ -1,6 +1,7 @@
 """A callback used by tests/test_ddp.py inside real DDP runs: after every optimiser step it
 gathers, from every rank, a checksum of every mask and of all parameters, and a digest of the
-numbers the method's noise streams (VD / l0) would draw next; rank 0 writes them to a JSON
+numbers the method's noise streams (VD / l0) would draw next, and the log of a controlled
+regulariser's multiplier; rank 0 writes them to a JSON
 file."""
 
 import hashlib
@@ -37,7 +38,9 @@ class MaskChecksums(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, *args):
         method = next(c for c in trainer.callbacks if hasattr(c, "mask_set"))
         source = getattr(method, "noise", None)
+        controller = getattr(method, "controller", None)
         mine = {
+            "multiplier": None if controller is None else float(controller.log_weight),
             "masks": [checksum(entry.mask) for entry in method.mask_set.entries],
             "params": sum(checksum(p) for p in pl_module.parameters()),
             "noise": None if source is None else next_draws_digest(source),

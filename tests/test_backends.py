@@ -187,4 +187,4 @@ def test_a_run_records_the_backend_that_computed_its_passes(tmp_path):
     run = tmp_path / "vd"
     run_cli(run, "method=l0", "method.backend=torch", *TINY)
     results = json.loads((run / "results.json").read_text())
-    assert results["method_details"] == {"backend": "torch"}
+    assert results["method_details"]["backend"] == "torch"

@@ -37,10 +37,14 @@ def test_masks_are_identical_on_every_rank_after_every_step(tmp_path, method):
 
 
 def test_l0_ranks_draw_their_own_gates_and_keep_identical_parameters(tmp_path):
+    """Also the controlled regulariser (control=target, the default): the multiplier follows
+    from the parameters, so every rank holds the same one with no communication."""
     rows = ddp_rows(tmp_path, "l0")
     for row in rows:
         rank0, rank1 = row["ranks"]
         assert rank0["params"] == rank1["params"], f"parameters differ after step {row['step']}"
+        assert rank0["multiplier"] == rank1["multiplier"], f"multipliers differ, {row['step']}"
         assert rank0["masks"] == rank1["masks"]
         assert rank0["noise"] != rank1["noise"], "both ranks drew the same gate noise"
     assert rows[0]["ranks"][0]["noise"] != rows[-1]["ranks"][0]["noise"]  # streams advanced
+    assert rows[0]["ranks"][0]["multiplier"] != rows[-1]["ranks"][0]["multiplier"]  # it moved

@@ -145,3 +145,21 @@ def test_every_tuned_file_composes_under_its_choices_and_its_method_builds(tuned
     callback = instantiate(cfg.method)
     assert callback.method_name == method
     callback.check_budget(cfg.trainer.max_steps)
+
+
+@pytest.mark.parametrize("experiment", PRESETS)
+@pytest.mark.parametrize("method", ["variational_dropout", "l0"])
+@pytest.mark.parametrize("level", ["50", "90", "98"])
+def test_paper_presets_keep_the_papers_fixed_regulariser_weights(experiment, method, level):
+    _, callback = method_of(experiment, method, level)
+    assert callback.control == "fixed" and callback.controller is None
+
+
+@pytest.mark.parametrize("method", ["variational_dropout", "l0"])
+@pytest.mark.parametrize("tuning", ["default", "none"])
+def test_outside_the_presets_vd_and_l0_are_steered_to_the_target(method, tuning):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [f"method={method}", "sparsity=s70", f"tuning={tuning}"])
+    callback = instantiate(cfg.method)
+    assert callback.control == "target"
+    assert callback.controller.target_sparsity == 0.7 == callback.target_sparsity

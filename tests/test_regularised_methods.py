@@ -152,7 +152,7 @@ def test_a_run_logs_the_evaluation_rule_sparsity_and_reports_the_exported_models
 ):
     run = tmp_path / "run"
     weight = "method.kl_weight=3e-5" if method == "variational_dropout" else "method.weight=3e-4"
-    overrides = [*TINY, f"method={method}", weight]
+    overrides = [*TINY, f"method={method}", "method.control=fixed", weight]
     logged_run = [o for o in overrides if o != "logger=none"]
     run_cli(run, *logged_run, "logger=csv", "trainer.log_every_n_steps=10")
     results = json.loads((run / "results.json").read_text())

@@ -14,11 +14,13 @@ from torch import nn
 
 from sparse_lightning.budgets import LayerBudget, UniformBudget
 from sparse_lightning.callbacks.base import SparsityCallback, checked_seed
+from sparse_lightning.control import CONTROLS, SparsityController
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import backends
 from sparse_lightning.layers import variational_dropout as vd_math
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.reparameterise import VD_CLASSES, reparameterise
+from sparse_lightning.pruning import global_masks
 from sparse_lightning.schedules import RegulariserRamp
 from sparse_lightning.selection import LayerSelection
 
@@ -61,7 +63,13 @@ class RegularisedSparsity(SparsityCallback):
         budget: LayerBudget | None = None,
         seed: int = 0,
         backend: str = "auto",
+        control: str = "fixed",
+        controller: SparsityController | None = None,
     ) -> None:
+        if control not in CONTROLS:
+            raise ConfigError(f"control='{control}' is not one of {', '.join(CONTROLS)}")
+        if control == "target" and controller is None:
+            raise ConfigError("control='target' needs a controller (method.controller)")
         if budget is not None and not isinstance(budget, UniformBudget):
             raise ConfigError(
                 f"budget={budget.name} does not apply to {self.method_name}: its sparsity is the "
@@ -80,6 +88,13 @@ class RegularisedSparsity(SparsityCallback):
         if backend not in backends.BACKENDS:
             raise ConfigError(f"backend='{backend}' is not one of {', '.join(backends.BACKENDS)}")
         self.backend = backend
+        self.control = control
+        self.controller = controller if control == "target" else None
+        if self.controller is not None and self.controller.target_sparsity != self.target_sparsity:
+            raise ConfigError(
+                f"the controller's final sparsity {self.controller.target_sparsity} differs from "
+                f"target_sparsity={self.target_sparsity}"
+            )
         self.layers: list[nn.Module] = []
         self._trainer: pl.Trainer | None = None
         self.noise: NoiseSource | None = None
@@ -103,21 +118,32 @@ class RegularisedSparsity(SparsityCallback):
             )
 
     def current_weight(self, step: int) -> float:
-        """The regulariser's weight after ``step`` optimiser steps: its final weight, ramped."""
+        """The regulariser's weight after ``step`` optimiser steps: its final weight, ramped
+        (``control=fixed``), or the controller's multiplier (``control=target``, a host sync)."""
+        if self.controller is not None and self.controller.log_weight is not None:
+            return float(self.controller.weight())
         return self.reg_weight * self.ramp.fraction_at(step)
+
+    def scheduled_sparsity(self, step: int) -> float:
+        if self.controller is not None:
+            return self.controller.schedule.sparsity_at(step)
+        return self.target_sparsity
 
     def progress(self, step: int) -> dict[str, float]:
         return {**super().progress(step), "sparsity/reg_weight": self.current_weight(step)}
 
     def record(self) -> dict[str, Any]:
-        """The backend that computed the passes: its random numbers differ from the other's."""
-        return {"backend": backends.active()}
+        """The backend that computed the passes (its random numbers differ from the other's) and
+        how the regulariser weight was set."""
+        return {"backend": backends.active(), "control": self.control}
 
     def loss(self) -> torch.Tensor:
         """weight(t) * sum of the layers' regularisers (computed by their training forward)."""
+        terms = [layer.regulariser() for layer in self.layers]
+        if self.controller is not None:
+            return self.controller.weight() * torch.stack(terms).sum()
         step = self._trainer.global_step if self._trainer is not None else 0
         weight = self.current_weight(step)
-        terms = [layer.regulariser() for layer in self.layers]
         if weight == 0.0:
             return terms[0].new_zeros(())
         return weight * torch.stack(terms).sum()
@@ -147,6 +173,9 @@ class RegularisedSparsity(SparsityCallback):
         if self.mask_set.sparsity() > 0.0:
             super().on_train_start(trainer, pl_module)
         self._start_noise(trainer.global_rank, self.layers[0].weight.device)
+        if self.controller is not None:
+            num_weights = sum(layer.weight.numel() for layer in self.layers)
+            self.controller.start(num_weights, self.layers[0].weight.device)
 
     def _start_noise(self, rank: int, device: torch.device) -> None:
         """This rank's noise streams (seeded by (seed, rank), so ranks draw independently),
@@ -165,6 +194,9 @@ class RegularisedSparsity(SparsityCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
+        step = trainer.global_step
+        if self.controller is not None and self.controller.due(step):
+            self.controller.update(step, self._evaluation_sparsity())
         if 0 < trainer.max_steps <= trainer.global_step:
             self.finalise()  # before this step's checkpoint is written
 
@@ -190,10 +222,15 @@ class RegularisedSparsity(SparsityCallback):
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The noise streams' states, so a resumed run draws what an uninterrupted one would."""
-        return {"noise": self.noise.state_dict()} if self.noise is not None else {}
+        state = {"noise": self.noise.state_dict()} if self.noise is not None else {}
+        if self.controller is not None:
+            state["controller"] = self.controller.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved_noise = state_dict.get("noise")
+        if self.controller is not None and "controller" in state_dict:
+            self.controller.load_state_dict(state_dict["controller"])
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -213,10 +250,23 @@ class RegularisedSparsity(SparsityCallback):
 
     @torch.no_grad()
     def finalise(self) -> None:
-        """Masks := the evaluation rule; pruned weights zeroed (and l0 gates folded). Idempotent."""
+        """Masks := the evaluation rule; pruned weights zeroed (and l0 gates folded). Under
+        ``control=target`` the target is met exactly: the round(s N) weights the rule would
+        prune first (highest log_alpha for VD, lowest for l0, ranked over all layers together,
+        ties by position) are pruned, the rule being moved to agree. Idempotent."""
         assert self.mask_set is not None
-        keep = {name: layer.fold_() for name, layer in zip(self.mask_set.names, self.layers)}
+        if self.controller is None or self.mask_set.sparsity() > 0.0:  # fixed, or done already
+            keep = {name: layer.fold_() for name, layer in zip(self.mask_set.names, self.layers)}
+        else:
+            keep = dict(zip(self.mask_set.names, self._ranked_keep()))
+            for name, layer in zip(self.mask_set.names, self.layers):
+                layer.fold_(keep[name])
         self.mask_set.set_masks(keep)
+
+    def _ranked_keep(self) -> list[torch.Tensor]:
+        scores = [layer.keep_score() for layer in self.layers]
+        masks = [torch.ones_like(score, dtype=torch.bool) for score in scores]
+        return global_masks(scores, masks, self.target_sparsity)
 
     def _range(self, attr: str) -> str:
         """Range of the finite entries of ``attr`` over all layers, and how many are not finite."""

@@ -186,9 +186,25 @@ class VariationalDropoutLayer(_Reparameterised):
         mask = self._mask()
         return keep & mask if mask is not None else keep
 
-    def fold_(self) -> torch.Tensor:
-        """Nothing to fold: the evaluation weight is theta masked (the caller sets the mask)."""
-        return self.eval_keep()
+    def keep_score(self) -> torch.Tensor:
+        """-log_alpha (unclipped): the lower log_alpha, the more a weight is kept."""
+        return -vd_math.log_alpha(self.weight.detach(), self.log_sigma2.detach(), clip=False)
+
+    @torch.no_grad()
+    def fold_(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The evaluation weight is theta masked (the caller sets the mask): nothing to fold,
+        unless ``keep`` (a ranking's choice) overrides the rule; then log_sigma2 moves one unit
+        past the threshold where the rule disagrees, so the rule gives ``keep`` at every use of
+        the weight. Returns the keep mask."""
+        if keep is None:
+            return self.eval_keep()
+        edge = torch.log(self.weight * self.weight + vd_math.EPSILON) + self.vd_threshold
+        self.log_sigma2.copy_(
+            torch.where(
+                keep, self.log_sigma2.clamp(max=edge - 1.0), self.log_sigma2.clamp(min=edge + 1.0)
+            )
+        )
+        return keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -242,13 +258,22 @@ class L0Layer(_Reparameterised):
         mask = self._mask()
         return keep & mask if mask is not None else keep
 
+    def keep_score(self) -> torch.Tensor:
+        """log_alpha: the higher, the more a gate is open."""
+        return self.log_alpha.detach().clone()
+
     @torch.no_grad()
-    def fold_(self) -> torch.Tensor:
+    def fold_(self, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Fold the evaluation gate into theta and saturate log_alpha (gate exactly 1 where kept,
         0 where pruned), so the plain weight alone gives the evaluation output; returns the keep
-        mask. Idempotent."""
-        keep = self.eval_keep()
-        self.weight.mul_(l0_math.eval_gate(self.log_alpha)).mul_(keep)
+        mask. Idempotent. ``keep`` (a ranking's choice) overrides the rule: a weight it keeps
+        whose evaluation gate is 0 is folded with its gate's probability of being non-zero,
+        sigmoid(log_alpha - PENALTY_SHIFT), instead."""
+        if keep is None:
+            keep = self.eval_keep()
+        gate = l0_math.eval_gate(self.log_alpha)
+        open_chance = torch.sigmoid(self.log_alpha - l0_math.PENALTY_SHIFT)
+        self.weight.mul_(torch.where(gate > 0, gate, open_chance)).mul_(keep)
         self.log_alpha.copy_(
             torch.where(keep, l0_math.LOG_ALPHA_ON, l0_math.LOG_ALPHA_OFF).to(self.log_alpha)
         )
