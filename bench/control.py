@@ -55,9 +55,9 @@ def window(kind: str, controlled: bool) -> Callable[[], None]:
     def run() -> None:
         for _ in range(EVERY):
             optimizer.zero_grad(set_to_none=True)
+            task = F.cross_entropy(model(x), y)  # the forward computes the regularisers
             weight = controller.weight() if controlled else REG_WEIGHT
-            regulariser = torch.stack([m.regulariser() for m in layers]).sum()
-            loss = F.cross_entropy(model(x), y) + weight * regulariser
+            loss = task + weight * torch.stack([m.regulariser() for m in layers]).sum()
             loss.backward()
             optimizer.step()
             step_count[0] += 1
@@ -69,7 +69,7 @@ def window(kind: str, controlled: bool) -> Callable[[], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     torch.set_num_threads(2)
     for kind in ("vd", "l0"):

@@ -38,6 +38,8 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_global_scope.py",
     ],
     "sparse_lightning/callbacks/random.py": ["tests/test_random_pruning.py"],
+    "sparse_lightning/callbacks/sparse_training.py": ["tests/test_sparse_training.py"],
+    "sparse_lightning/control.py": ["tests/test_control.py"],
     "sparse_lightning/budgets.py": ["tests/test_budgets.py", "tests/test_masks.py"],
     "sparse_lightning/selection.py": ["tests/test_masks.py"],
     "sparse_lightning/callbacks/variational_dropout.py": [

@@ -1,7 +1,7 @@
 """Which Hydra launcher can run which Lightning strategy, checked before any training starts.
 
 Measured with hydra-core 1.3.8, hydra-joblib-launcher 1.2.0, hydra-submitit-launcher 1.2.0 and
-Lightning 2.6.6 (issue 7): joblib + `ddp` or `ddp_spawn` fails (Lightning re-executes the loky
+Lightning 2.6.6: joblib + `ddp` or `ddp_spawn` fails (Lightning re-executes the loky
 worker's argv); submitit_local + `ddp` fails on the replayed Hydra overrides while `ddp_spawn`
 works; the basic launcher (and a single run) + `ddp` works by replaying the command line in each
 child. On SLURM the standard path is submitit with one task per device, so Lightning's SLURM

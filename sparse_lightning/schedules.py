@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sparse_lightning.errors import ConfigError
@@ -116,3 +117,49 @@ class RegulariserRamp:
             return 1.0
         p = (step - begin) / (end - begin)
         return p if self.shape == "linear" else 1.0 - (1.0 - p) ** 3
+
+
+DROP_DECAYS = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class DropFractionSchedule:
+    """When sparse training from scratch (SET, RigL) updates its masks, and what fraction of the
+    live weights each update drops and regrows (RigL's ``sparse_optimizers.py``).
+
+    An update happens at ``begin_step <= t <= end_step`` every ``frequency`` steps counted from
+    ``begin_step``. The fraction is f_0 ("constant") or, as RigL's default, TF's cosine decay
+    f(t) = f_0 / 2 * (1 + cos(pi * min(t, T) / T)) with T = end_step - begin_step ("cosine").
+    """
+
+    begin_step: int
+    end_step: int
+    frequency: int
+    drop_fraction: float = 0.3
+    decay: str = "cosine"
+
+    def __post_init__(self) -> None:
+        for name in ("begin_step", "end_step", "frequency"):
+            object.__setattr__(self, name, whole_number(name, getattr(self, name)))
+        if self.begin_step < 0 or self.begin_step >= self.end_step:
+            raise ConfigError(
+                f"begin_step={self.begin_step} must be >= 0 and smaller than "
+                f"end_step={self.end_step}"
+            )
+        if self.frequency <= 0:
+            raise ConfigError(f"frequency={self.frequency} must be a positive number of steps")
+        if not 0.0 < float(self.drop_fraction) <= 1.0:
+            raise ConfigError(f"drop_fraction={self.drop_fraction} is outside (0, 1]")
+        if self.decay not in DROP_DECAYS:
+            raise ConfigError(f"decay='{self.decay}' is not one of {', '.join(DROP_DECAYS)}")
+
+    def is_update_step(self, step: int) -> bool:
+        if step < self.begin_step or step > self.end_step:
+            return False
+        return (step - self.begin_step) % self.frequency == 0
+
+    def fraction_at(self, step: int) -> float:
+        if self.decay == "constant":
+            return float(self.drop_fraction)
+        span = self.end_step - self.begin_step
+        return float(self.drop_fraction) / 2 * (1 + math.cos(math.pi * min(step, span) / span))

@@ -32,6 +32,7 @@ from sparse_lightning.layers import strip_reparameterisation as plain_parameters
 from sparse_lightning.masks import strip_masks
 from sparse_lightning.resume import plan_run, record_run
 from sparse_lightning.run.checkpoint_io import AtomicCheckpointIO
+from sparse_lightning.run.console import quiet_third_party
 from sparse_lightning.run.finite_loss import FiniteLossGuard, NonFiniteLossError
 from sparse_lightning.run.folder import (
     INIT_FILE,
@@ -242,6 +243,7 @@ def is_bad_input(error: BaseException) -> bool:
 
 def _run(cfg: DictConfig) -> None:
     register_resolvers()  # again: a launcher may run this in a fresh process
+    quiet_third_party()
     try:
         train(cfg)
     except ConfigError as error:
@@ -327,8 +329,6 @@ def main() -> None:
     training starts. HYDRA_FULL_ERROR=1 shows Hydra's and OmegaConf's errors with their
     traceback instead; any other error is a bug and always shows its full traceback.
     """
-    from sparse_lightning.run.console import quiet_third_party
-
     quiet_third_party()
     register_resolvers()
     argv = sys.argv[1:]

@@ -26,7 +26,7 @@ def ddp_rows(tmp_path, method: str) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("method", ["magnitude", "random"])
+@pytest.mark.parametrize("method", ["magnitude", "random", "rigl"])
 def test_masks_are_identical_on_every_rank_after_every_step(tmp_path, method):
     rows = ddp_rows(tmp_path, method)
     for row in rows:
