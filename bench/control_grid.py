@@ -33,14 +33,21 @@ def rule_before_finish(run: Path, steps: int) -> float:
     return max((s, v) for s, v in logged if s < steps)[1]
 
 
+def control_override(controls: str) -> str:
+    """A sweep over methods composes its first config with the default method, which has no
+    ``control``: one value must be forced in (``++``), a list is applied per run."""
+    return f"method.control={controls}" if "," in controls else f"++method.control={controls}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="sweep folder")
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--controls", default="target,fixed", help="method.control values")
     parser.add_argument("overrides", nargs="*", help="extra sparse-train overrides")
     args = parser.parse_args()
     command = [
-        "sparse-train", "-m", "method=variational_dropout,l0", "method.control=target,fixed",
+        "sparse-train", "-m", "method=variational_dropout,l0", control_override(args.controls),
         "logger=csv", "hydra/launcher=parallel", f"hydra.launcher.n_jobs={args.n_jobs}",
         f"hydra.sweep.dir={args.out}", *args.overrides,
     ]  # fmt: skip

@@ -11,9 +11,9 @@ so lambda grows while the rule prunes too little and shrinks while it prunes too
 the scale of the regulariser (multiplicative updates: Gallego-Posada et al. 2022, "Controlled
 Sparsity via Constrained Optimization", do dual ascent on lambda for l0's expected density; the
 same update drives VD's KL weight, whose sparsity also grows with it). lambda stays a tensor on
-the weights' device, so neither the measurement nor the update syncs with the host. The rest
-between the rule and the target at the end is settled by ranking (see
-``RegularisedSparsity.finalise``).
+the weights' device, so neither the measurement nor the update syncs with the host. At the
+schedule's end step the rest between the rule and the target is settled by ranking and the
+masks are fixed for the remaining fine-tuning (``RegularisedSparsity.settle``).
 """
 
 from __future__ import annotations

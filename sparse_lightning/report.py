@@ -9,7 +9,10 @@ Writes into the folder (or ``--out``):
   (ResNet-50, Transformer) the paper's numbers dashed beside it (sparse_lightning.paper_results)
   when the metric is the one the paper reports, never another (sacreBLEU is not the paper's
   tokenised BLEU);
-- ``layers.png``: per-layer sparsity per method (the paper's layer-distribution figure).
+- ``layers.png``: per-layer sparsity per method (the paper's layer-distribution figure);
+- ``curves.png``: per run logged with ``logger=csv``, sparsity reached against its target over
+  training and the VD / l0 regulariser weight (the controller's multiplier under
+  ``method.control=target``).
 Runs whose results.json cannot be read, or is of an older format, are skipped and listed.
 """
 
@@ -40,6 +43,7 @@ METRIC_NOTES = {
     "bleu_tok": "tokenised BLEU: Moses + compound split, multi-bleu, as the paper reports",
 }
 METHOD_ORDER = ("magnitude", "random", "variational_dropout", "l0")
+CURVES = ("sparsity/global", "sparsity/target", "sparsity/reg_weight")  # run/monitor.py
 DENSE = "dense"
 CSV_FIELDS = (
     "run", "method", "model", "data", "init", "seed", "target_sparsity", "sparsity", "steps",
@@ -319,6 +323,53 @@ def plot_layers(runs: Sequence[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The sparsity curves a run logged with ``logger=csv`` (``logs/metrics.csv``):
+    {"sparsity/global" | "sparsity/target" | "sparsity/reg_weight": [(step, value), ...]}."""
+    curves: dict[str, list[tuple[int, float]]] = {name: [] for name in CURVES}
+    for metrics in sorted(Path(run_dir).rglob("metrics.csv")):
+        with metrics.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                for name in CURVES:
+                    if row.get(name):
+                        curves[name].append((int(row["step"]), float(row[name])))
+    return {name: points for name, points in curves.items() if points}
+
+
+def plot_curves(folder: Path, runs: Sequence[Run], path: Path) -> None:
+    """Over training, per run: the sparsity the method gives now against its scheduled target
+    (top) and the regulariser weight of VD / l0 (bottom, log scale: the controller's multiplier
+    under ``method.control=target``). Runs logged without the CSV logger have no curves."""
+    plt = _pyplot()
+    colours = _colours(plt, runs)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    drawn = 0
+    for run in runs:
+        curves = read_curves(Path(folder) / run.path)
+        if "sparsity/global" not in curves:
+            continue
+        drawn += 1
+        label = f"{run.method} {run.target_percent:g} % ({run.path})"
+        colour = colours[run.method]
+        top.plot(*zip(*curves["sparsity/global"]), color=colour, label=label, lw=1)
+        if "sparsity/target" in curves:
+            top.plot(*zip(*curves["sparsity/target"]), color=colour, ls=":", lw=1)
+        if "sparsity/reg_weight" in curves:
+            bottom.plot(*zip(*curves["sparsity/reg_weight"]), color=colour, lw=1)
+    top.set_ylabel("sparsity (solid: reached, dotted: target)")
+    bottom.set_ylabel("regulariser weight")
+    bottom.set_xlabel("optimiser step")
+    if bottom.lines:
+        bottom.set_yscale("log")
+    if drawn:
+        top.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        top.text(0.5, 0.5, "no run logged sparsity curves (logger=csv)", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _colours(plt: Any, runs: Iterable[Run]) -> dict[str, Any]:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     names = [*METHOD_ORDER, *sorted({r.method for r in runs} - set(METHOD_ORDER))]
@@ -329,7 +380,7 @@ def _colours(plt: Any, runs: Iterable[Run]) -> dict[str, Any]:
 def report(
     folder: Path, out: Path | None = None, metric: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Write the four outputs; returns their paths, the runs and the skipped runs."""
+    """Write the five outputs; returns their paths, the runs and the skipped runs."""
     runs, skipped = collect(folder, progress=progress)
     if not runs:
         reasons = "; ".join(f"{p}: {why}" for p, why in skipped[:3])
@@ -340,13 +391,15 @@ def report(
     out = Path(out or folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        name: out / name for name in ("results.csv", "results.md", "tradeoff.png", "layers.png")
+        name: out / name
+        for name in ("results.csv", "results.md", "tradeoff.png", "layers.png", "curves.png")
     }
     steps = [
         ("results.csv", lambda: write_csv(runs, paths["results.csv"])),
         ("results.md", lambda: paths["results.md"].write_text(markdown(runs, metric, skipped))),
         ("tradeoff.png", lambda: plot_tradeoff(runs, metric, paths["tradeoff.png"])),
         ("layers.png", lambda: plot_layers(runs, paths["layers.png"])),
+        ("curves.png", lambda: plot_curves(folder, runs, paths["curves.png"])),
     ]
     for _, write in tqdm(steps, desc="writing report", unit="file", disable=not progress):
         write()

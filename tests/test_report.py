@@ -145,6 +145,7 @@ def test_console_script_shows_progress(sweep: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "reading runs: 100%" in result.stderr and "writing report: 100%" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
+        "curves.png",
         "layers.png",
         "results.csv",
         "results.md",
@@ -218,3 +219,26 @@ def test_a_retrained_mask_run_is_tabled_in_its_init_group_under_its_sources_meth
     rows = {r["run"]: r for r in csv.DictReader((sweep / "results.csv").open())}
     row = rows[run.name]
     assert (row["method"], row["init"]) == ("fixed_mask", "lottery")
+
+
+def test_the_sparsity_curves_a_run_logged_are_read_and_drawn(tmp_path: Path) -> None:
+    """metrics.csv as the CSV logger writes it: one row per logging call, empty cells for the
+    metrics that call did not log."""
+    root = tmp_path / "sweep"
+    run = write_run(root, "cnn1d", "l0", 0.9, 0, 0.9)
+    (run / "logs").mkdir()
+    (run / "logs" / "metrics.csv").write_text(
+        "epoch,sparsity/global,sparsity/reg_weight,sparsity/target,step,train/loss\n"
+        "0,,,,9,2.3\n"
+        "0,0.1,1e-09,0.0,10,\n"
+        "0,0.5,2e-06,0.45,20,\n"
+        "0,0.9,,0.9,40,\n"
+    )
+    assert report.read_curves(run) == {
+        "sparsity/global": [(10, 0.1), (20, 0.5), (40, 0.9)],
+        "sparsity/target": [(10, 0.0), (20, 0.45), (40, 0.9)],
+        "sparsity/reg_weight": [(10, 1e-09), (20, 2e-06)],
+    }
+    out = report.report(root, progress=False)["paths"]["curves.png"]
+    assert matplotlib.image.imread(out).shape[0] > 100
+    assert report.read_curves(write_run(root, "cnn1d", "dense", 0.0, 0, 0.8)) == {}

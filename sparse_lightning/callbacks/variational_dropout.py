@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,11 +20,24 @@ from sparse_lightning.layers import backends
 from sparse_lightning.layers import variational_dropout as vd_math
 from sparse_lightning.layers.noise import NoiseSource
 from sparse_lightning.layers.reparameterise import VD_CLASSES, reparameterise
-from sparse_lightning.pruning import global_masks
+from sparse_lightning.pruning import alive_scores, keep_top, n_to_keep
 from sparse_lightning.schedules import RegulariserRamp
 from sparse_lightning.selection import LayerSelection
 
 log = logging.getLogger(__name__)
+
+
+def shares(total: int, pool: Sequence[int]) -> list[int]:
+    """``total`` split in proportion to ``pool`` (largest remainders; never above a pool)."""
+    whole = sum(pool)
+    if total == 0 or whole == 0:
+        return [0] * len(pool)
+    quotas = [total * p / whole for p in pool]
+    parts = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(pool)), key=lambda i: parts[i] - quotas[i])
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 def _finite_number(name: str, value: Any, minimum: float | None = None) -> float:
@@ -95,6 +108,7 @@ class RegularisedSparsity(SparsityCallback):
                 f"the controller's final sparsity {self.controller.target_sparsity} differs from "
                 f"target_sparsity={self.target_sparsity}"
             )
+        self.settled = False  # control=target: masks fixed at the schedule's end (settle)
         self.layers: list[nn.Module] = []
         self._trainer: pl.Trainer | None = None
         self.noise: NoiseSource | None = None
@@ -120,6 +134,8 @@ class RegularisedSparsity(SparsityCallback):
     def current_weight(self, step: int) -> float:
         """The regulariser's weight after ``step`` optimiser steps: its final weight, ramped
         (``control=fixed``), or the controller's multiplier (``control=target``, a host sync)."""
+        if self.settled:
+            return 0.0
         if self.controller is not None and self.controller.log_weight is not None:
             return float(self.controller.weight())
         return self.reg_weight * self.ramp.fraction_at(step)
@@ -140,6 +156,8 @@ class RegularisedSparsity(SparsityCallback):
     def loss(self) -> torch.Tensor:
         """weight(t) * sum of the layers' regularisers (computed by their training forward)."""
         terms = [layer.regulariser() for layer in self.layers]
+        if self.settled:
+            return terms[0].new_zeros(())
         if self.controller is not None:
             return self.controller.weight() * torch.stack(terms).sum()
         step = self._trainer.global_step if self._trainer is not None else 0
@@ -172,6 +190,9 @@ class RegularisedSparsity(SparsityCallback):
         self.mask_set.refresh()
         if self.mask_set.sparsity() > 0.0:
             super().on_train_start(trainer, pl_module)
+        if self.settled:  # resumed after settling: the extra Parameters stay frozen
+            for layer in self.layers:
+                layer.freeze_()
         self._start_noise(trainer.global_rank, self.layers[0].weight.device)
         if self.controller is not None:
             num_weights = sum(layer.weight.numel() for layer in self.layers)
@@ -195,8 +216,11 @@ class RegularisedSparsity(SparsityCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         step = trainer.global_step
-        if self.controller is not None and self.controller.due(step):
-            self.controller.update(step, self._evaluation_sparsity())
+        if self.controller is not None and not self.settled:
+            if step >= self.controller.schedule.end_step:
+                self.settle(trainer)
+            elif self.controller.due(step):
+                self.controller.update(step, self._evaluation_sparsity())
         if 0 < trainer.max_steps <= trainer.global_step:
             self.finalise()  # before this step's checkpoint is written
 
@@ -225,12 +249,14 @@ class RegularisedSparsity(SparsityCallback):
         state = {"noise": self.noise.state_dict()} if self.noise is not None else {}
         if self.controller is not None:
             state["controller"] = self.controller.state_dict()
+            state["settled"] = self.settled
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved_noise = state_dict.get("noise")
         if self.controller is not None and "controller" in state_dict:
             self.controller.load_state_dict(state_dict["controller"])
+            self.settled = bool(state_dict.get("settled", False))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -251,22 +277,64 @@ class RegularisedSparsity(SparsityCallback):
     @torch.no_grad()
     def finalise(self) -> None:
         """Masks := the evaluation rule; pruned weights zeroed (and l0 gates folded). Under
-        ``control=target`` the target is met exactly: the round(s N) weights the rule would
-        prune first (highest log_alpha for VD, lowest for l0, ranked over all layers together,
-        ties by position) are pruned, the rule being moved to agree. Idempotent."""
+        ``control=target`` the target is met exactly (``settled_keep``) and the rule is moved to
+        agree. Idempotent."""
         assert self.mask_set is not None
-        if self.controller is None or self.mask_set.sparsity() > 0.0:  # fixed, or done already
+        if self.settled:  # the masks were fixed at the schedule's end: the rule follows them
+            keep = {e.name: e.mask.clone() for e in self.mask_set.entries}
+        elif self.controller is None or self.mask_set.sparsity() > 0.0:  # fixed, or done
             keep = {name: layer.fold_() for name, layer in zip(self.mask_set.names, self.layers)}
-        else:
-            keep = dict(zip(self.mask_set.names, self._ranked_keep()))
-            for name, layer in zip(self.mask_set.names, self.layers):
-                layer.fold_(keep[name])
+            self.mask_set.set_masks(keep)
+            return
+        else:  # the run ended before the schedule did
+            keep = dict(zip(self.mask_set.names, self.settled_keep()))
+        for name, layer in zip(self.mask_set.names, self.layers):
+            layer.fold_(keep[name])
         self.mask_set.set_masks(keep)
 
-    def _ranked_keep(self) -> list[torch.Tensor]:
-        scores = [layer.keep_score() for layer in self.layers]
-        masks = [torch.ones_like(score, dtype=torch.bool) for score in scores]
-        return global_masks(scores, masks, self.target_sparsity)
+    @torch.no_grad()
+    def settle(self, trainer: pl.Trainer) -> None:
+        """``control=target`` at the schedule's end step: the target met exactly
+        (``settled_keep``), the masks fixed from here on (zeroed after every step), the
+        regulariser's weight 0 and its Parameters (log_sigma2, log_alpha) frozen, their optimiser
+        state zeroed, so the rest of training fine-tunes the remaining weights, as magnitude
+        pruning does after its last update."""
+        assert self.mask_set is not None
+        keep = dict(zip(self.mask_set.names, self.settled_keep()))
+        for name, layer in zip(self.mask_set.names, self.layers):
+            layer.fold_(keep[name])
+            layer.freeze_()
+            extra = getattr(layer, layer.extra_name)
+            for optimizer in trainer.optimizers:
+                for value in optimizer.state.get(extra, {}).values():
+                    if torch.is_tensor(value) and value.shape == extra.shape:
+                        value.zero_()
+        self.mask_set.set_masks(keep)
+        self.settled = True
+        if not self._hook_handles:
+            for optimizer in trainer.optimizers:
+                self._hook_handles.append(optimizer.register_step_post_hook(self._after_step))
+
+    @torch.no_grad()
+    def settled_keep(self) -> list[torch.Tensor]:
+        """The rule's keep masks, adjusted to exactly round((1 - s) N) kept weights: the
+        difference is shared among the layers in proportion to what each can give (its kept
+        weights when pruning more, its pruned ones when regrowing; largest remainders), and
+        within a layer settled by its ``prune_score`` (lowest pruned first) or ``regrow_score``
+        (highest regrown first), so the rule's distribution over layers stays."""
+        rule = [layer.eval_keep() for layer in self.layers]
+        kept = torch.stack([r.sum() for r in rule]).tolist()  # one host sync
+        sizes = [r.numel() for r in rule]
+        extra = sum(kept) - n_to_keep(sum(sizes), self.target_sparsity)
+        pool = kept if extra > 0 else [n - k for n, k in zip(sizes, kept)]
+        settled = []
+        for layer, keep, k, share in zip(self.layers, rule, kept, shares(abs(extra), pool)):
+            if share and extra > 0:
+                keep = keep_top(alive_scores(layer.prune_score(), keep), k - share)
+            elif share:
+                keep = keep | keep_top(alive_scores(layer.regrow_score(), ~keep), share)
+            settled.append(keep)
+        return settled
 
     def _range(self, attr: str) -> str:
         """Range of the finite entries of ``attr`` over all layers, and how many are not finite."""

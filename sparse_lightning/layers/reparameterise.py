@@ -109,6 +109,12 @@ class _Reparameterised:
         """The layer that owns the extra Parameter and the mask: itself unless tied."""
         return self.__dict__.get("_tie_owner", self)  # type: ignore[return-value]
 
+    def freeze_(self) -> None:
+        """Stop training the extra Parameter: every use scales its gradient by 0 (it stays in
+        the optimiser, so DDP and checkpoints see the same parameters as before)."""
+        for use in self.uses():
+            use.__dict__["grad_scale"] = 0.0
+
     def uses(self) -> tuple[nn.Module, ...]:
         """This layer and, for an owner, the layers tied to it (the other uses of its weight)."""
         return (self, *self.__dict__.get("_tied_uses", ()))  # type: ignore[return-value]
@@ -186,9 +192,14 @@ class VariationalDropoutLayer(_Reparameterised):
         mask = self._mask()
         return keep & mask if mask is not None else keep
 
-    def keep_score(self) -> torch.Tensor:
-        """-log_alpha (unclipped): the lower log_alpha, the more a weight is kept."""
+    def prune_score(self) -> torch.Tensor:
+        """-log_alpha (unclipped): among kept weights the highest log_alpha go first, as a lower
+        threshold would take them."""
         return -vd_math.log_alpha(self.weight.detach(), self.log_sigma2.detach(), clip=False)
+
+    def regrow_score(self) -> torch.Tensor:
+        """-log_alpha: among pruned weights the lowest log_alpha come back first."""
+        return self.prune_score()
 
     @torch.no_grad()
     def fold_(self, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -258,8 +269,13 @@ class L0Layer(_Reparameterised):
         mask = self._mask()
         return keep & mask if mask is not None else keep
 
-    def keep_score(self) -> torch.Tensor:
-        """log_alpha: the higher, the more a gate is open."""
+    def prune_score(self) -> torch.Tensor:
+        """|theta * z|, the evaluation weight: among open gates the smallest go first (log_alpha
+        itself says nothing there: every gate above log_alpha ~ 2.4 is exactly 1)."""
+        return (self.weight.detach() * l0_math.eval_gate(self.log_alpha.detach())).abs()
+
+    def regrow_score(self) -> torch.Tensor:
+        """log_alpha: among closed gates the nearest to opening come back first."""
         return self.log_alpha.detach().clone()
 
     @torch.no_grad()
