@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from sparse_lightning.config import compose_config, group_options
-from sparse_lightning.data.toy import make_corpus
+from sparse_lightning.data.toy import make_corpus, positive_int
 from sparse_lightning.data.wmt import UNK_ID, ParallelTextDataModule
 from sparse_lightning.models.transformer import EOS_ID, PAD_ID
 from sparse_lightning.run.console import quiet_third_party
@@ -221,16 +221,6 @@ def measure(overrides: list[str], batch: Any, steps: int, warmup: int, run_dir: 
     if len(times) != steps:
         raise SystemExit(f"bench/gpu.py: {len(times)} steps were timed, not --steps={steps}")
     return statistics.median(times)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 def parse_args() -> argparse.Namespace:
