@@ -18,7 +18,8 @@ from sparse_lightning.layers.backends import build, native
 from sparse_lightning.layers.noise import NoiseSource
 from tests.conftest import TINY, run_cli
 
-needs_kernels = pytest.mark.skipif(build.library() is None, reason="no C compiler on this machine")
+# Only a missing compiler skips: a compiler whose build fails must fail these tests.
+needs_kernels = pytest.mark.skipif(build.compiler() is None, reason="no C compiler on this machine")
 
 
 @pytest.fixture(autouse=True)

@@ -190,3 +190,39 @@ def test_where_the_rule_prunes_more_than_the_target_the_ranking_keeps_the_rest()
     assert sum(int(e.mask.sum()) for e in callback.mask_set.entries) == total - round(0.5 * total)
     for layer, entry in zip(callback.layers, callback.mask_set.entries):
         assert torch.equal(layer.eval_keep(), entry.mask)
+
+
+@pytest.mark.parametrize("method", ["variational_dropout", "l0"])
+def test_after_settling_the_masks_and_the_reparameterisation_stay_fixed(method):
+    """Settled at step 10: from there to the last step the masks do not change and log_sigma2 /
+    log_alpha do not move (gradient scale 0 and optimiser state zeroed: with momentum 0.9 an
+    unreset buffer would keep moving them), while the kept weights still train."""
+    pl.seed_everything(0)
+    callback = controlled(method, 0.8, steps=20)
+    seen = {}
+
+    class Watch(pl.Callback):  # runs before the method's hook
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step in (12, 20):
+                seen[trainer.global_step] = [
+                    (e.mask.clone(), getattr(x, x.extra_name).detach().clone(), x.weight.clone())
+                    for e, x in zip(callback.mask_set.entries, callback.layers)
+                ]
+
+    fit(callback, steps=20, before=[Watch()])
+    for (mask, extra, weight), (mask_end, extra_end, weight_end) in zip(seen[12], seen[20]):
+        assert torch.equal(mask, mask_end) and torch.equal(extra, extra_end)
+        assert not torch.equal(weight[mask], weight_end[mask])
+
+
+@pytest.mark.parametrize("method", ["variational_dropout", "l0"])
+def test_settling_zeroes_the_optimiser_state_of_log_sigma2_and_log_alpha(method):
+    pl.seed_everything(0)
+    callback = controlled(method, 0.8, steps=40)
+    _, trainer = fit(callback, steps=8)  # ends before the schedule: not settled
+    (optimizer,) = trainer.optimizers
+    extras = [getattr(x, x.extra_name) for x in callback.layers]
+    assert all(bool(optimizer.state[p]["momentum_buffer"].ne(0).any()) for p in extras)
+    callback.settle(trainer)
+    assert all(bool(optimizer.state[p]["momentum_buffer"].eq(0).all()) for p in extras)
+    assert all(x.grad_scale == 0.0 for x in callback.layers)

@@ -27,6 +27,19 @@ def checked_seed(seed: Any) -> int:
     return seed
 
 
+def reset_optimizer_state(
+    optimizers: Sequence[torch.optim.Optimizer],
+    entries: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Zero the per-entry optimiser state (SGD momentum, Adam's moments) of each parameter
+    where its bool tensor is True, for every (parameter, bool tensor) in ``entries``."""
+    for optimizer in optimizers:
+        for parameter, where in entries:
+            for value in optimizer.state.get(parameter, {}).values():
+                if torch.is_tensor(value) and value.shape == parameter.shape:
+                    value[where] = 0
+
+
 class SparsityCallback(pl.Callback):
     """Base of every method: chooses the prunable weights and keeps them masked.
 

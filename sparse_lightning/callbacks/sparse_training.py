@@ -22,8 +22,8 @@ import pytorch_lightning as pl
 import torch
 
 from sparse_lightning.budgets import LayerBudget
-from sparse_lightning.callbacks.base import SparsityCallback, checked_seed
-from sparse_lightning.callbacks.random import update_generator
+from sparse_lightning.callbacks.base import SparsityCallback, checked_seed, reset_optimizer_state
+from sparse_lightning.callbacks.random import RandomScore, update_generator
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.pruning import alive_scores, keep_top, n_to_keep
 from sparse_lightning.schedules import DropFractionSchedule
@@ -40,17 +40,10 @@ class GrowScore(Protocol):
     def __call__(self, weights: Sequence[torch.Tensor], step: int) -> list[torch.Tensor]: ...
 
 
-class RandomGrowth:
-    """SET: U(0, 1) per entry, from (seed, step)."""
+class RandomGrowth(RandomScore):
+    """SET: random scores from (seed, step), as random pruning draws them."""
 
     name = "set"
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = checked_seed(seed)
-
-    def __call__(self, weights: Sequence[torch.Tensor], step: int) -> list[torch.Tensor]:
-        generator = update_generator(self.seed, step)
-        return [torch.rand(w.shape, generator=generator).to(w.device) for w in weights]
 
 
 class GradientGrowth:
@@ -141,14 +134,3 @@ class SparseTraining(SparsityCallback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_update_step = int(state_dict.get("last_update_step", -1))
-
-
-def reset_optimizer_state(
-    optimizers: Sequence[torch.optim.Optimizer], grown: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> None:
-    """Zero every per-entry optimiser state (SGD momentum, Adam's moments) of the grown entries."""
-    for optimizer in optimizers:
-        for weight, new in grown:
-            for value in optimizer.state.get(weight, {}).values():
-                if torch.is_tensor(value) and value.shape == weight.shape:
-                    value[new] = 0

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sparse_lightning.budgets import LayerBudget, UniformBudget
-from sparse_lightning.callbacks.base import SparsityCallback, checked_seed
+from sparse_lightning.callbacks.base import SparsityCallback, checked_seed, reset_optimizer_state
 from sparse_lightning.control import CONTROLS, SparsityController
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import backends
@@ -277,20 +277,21 @@ class RegularisedSparsity(SparsityCallback):
     @torch.no_grad()
     def finalise(self) -> None:
         """Masks := the evaluation rule; pruned weights zeroed (and l0 gates folded). Under
-        ``control=target`` the target is met exactly (``settled_keep``) and the rule is moved to
-        agree. Idempotent."""
+        ``control=target`` the masks settled at the schedule's end (or, if the run ended before
+        it, ``settled_keep`` now), with the rule moved to agree. Idempotent."""
         assert self.mask_set is not None
-        if self.settled:  # the masks were fixed at the schedule's end: the rule follows them
-            keep = {e.name: e.mask.clone() for e in self.mask_set.entries}
-        elif self.controller is None or self.mask_set.sparsity() > 0.0:  # fixed, or done
-            keep = {name: layer.fold_() for name, layer in zip(self.mask_set.names, self.layers)}
-            self.mask_set.set_masks(keep)
-            return
-        else:  # the run ended before the schedule did
-            keep = dict(zip(self.mask_set.names, self.settled_keep()))
-        for name, layer in zip(self.mask_set.names, self.layers):
-            layer.fold_(keep[name])
-        self.mask_set.set_masks(keep)
+        if self.settled:
+            self._fold([e.mask.clone() for e in self.mask_set.entries])
+        elif self.controller is not None and self.mask_set.sparsity() == 0.0:
+            self._fold(self.settled_keep())
+        else:  # control=fixed, or finalised already
+            self._fold([None] * len(self.layers))
+
+    def _fold(self, keep: Sequence[torch.Tensor | None]) -> None:
+        """Each layer folded to ``keep`` (None: its evaluation rule); the masks become that."""
+        assert self.mask_set is not None
+        names, layers = self.mask_set.names, self.layers
+        self.mask_set.set_masks({n: layer.fold_(k) for n, layer, k in zip(names, layers, keep)})
 
     @torch.no_grad()
     def settle(self, trainer: pl.Trainer) -> None:
@@ -299,17 +300,13 @@ class RegularisedSparsity(SparsityCallback):
         regulariser's weight 0 and its Parameters (log_sigma2, log_alpha) frozen, their optimiser
         state zeroed, so the rest of training fine-tunes the remaining weights, as magnitude
         pruning does after its last update."""
-        assert self.mask_set is not None
-        keep = dict(zip(self.mask_set.names, self.settled_keep()))
-        for name, layer in zip(self.mask_set.names, self.layers):
-            layer.fold_(keep[name])
+        self._fold(self.settled_keep())
+        extras = [getattr(layer, layer.extra_name) for layer in self.layers]
+        for layer in self.layers:
             layer.freeze_()
-            extra = getattr(layer, layer.extra_name)
-            for optimizer in trainer.optimizers:
-                for value in optimizer.state.get(extra, {}).values():
-                    if torch.is_tensor(value) and value.shape == extra.shape:
-                        value.zero_()
-        self.mask_set.set_masks(keep)
+        reset_optimizer_state(
+            trainer.optimizers, [(p, torch.ones_like(p, dtype=torch.bool)) for p in extras]
+        )
         self.settled = True
         if not self._hook_handles:
             for optimizer in trainer.optimizers:
