@@ -212,6 +212,21 @@ class RegularisedSparsity(SparsityCallback):
         for layer in self.layers:
             layer.noise_source = self.noise  # and on the layers tied to it
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        """While the controller steers: the regularised layers' gradient clipped to
+        ``controller.max_grad_norm`` (see control.py; no host sync)."""
+        if self.controller is None or self.settled or self.controller.max_grad_norm is None:
+            return
+        params = [p for layer in self.layers for p in (layer.weight, self._extra(layer))]
+        torch.nn.utils.clip_grad_norm_(params, self.controller.max_grad_norm, foreach=True)
+
+    @staticmethod
+    def _extra(layer: nn.Module) -> nn.Parameter:
+        """The Parameter a reparameterised layer adds (log_sigma2, log_alpha)."""
+        return getattr(layer, layer.extra_name)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
@@ -301,7 +316,7 @@ class RegularisedSparsity(SparsityCallback):
         state zeroed, so the rest of training fine-tunes the remaining weights, as magnitude
         pruning does after its last update."""
         self._fold(self.settled_keep())
-        extras = [getattr(layer, layer.extra_name) for layer in self.layers]
+        extras = [self._extra(layer) for layer in self.layers]
         for layer in self.layers:
             layer.freeze_()
         reset_optimizer_state(
