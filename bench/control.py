@@ -7,9 +7,11 @@ weight reparameterised), two steps interleaved in one process, medians over wind
 ``EVERY`` steps (the controller measures once per window):
 
 - fixed: loss = task + w * regulariser, w a Python float (``control=fixed``);
-- target: the same with w the controller's multiplier (a device tensor), plus, once per window,
-  the evaluation-rule sparsity over all layers (one reduction, the callback's own
-  ``_evaluation_sparsity``) and one dual-ascent update (``SparsityController.update``).
+- target: the same with w the controller's multiplier (a device tensor), the regularised layers'
+  gradient clipped to ``max_grad_norm`` every step (the callback's own
+  ``on_before_optimizer_step``), plus, once per window, the evaluation-rule sparsity over all
+  layers (one reduction, ``_evaluation_sparsity``) and one dual-ascent update
+  (``SparsityController.update``).
 
 Prints ``vd_controlled_step_over_fixed`` and ``l0_controlled_step_over_fixed`` (target: <= 1.02).
 """
@@ -59,6 +61,8 @@ def window(kind: str, controlled: bool) -> Callable[[], None]:
             weight = controller.weight() if controlled else REG_WEIGHT
             loss = task + weight * torch.stack([m.regulariser() for m in layers]).sum()
             loss.backward()
+            if controlled:  # the regularised layers' gradient clipped while steering
+                method.on_before_optimizer_step(None, None, optimizer)
             optimizer.step()
             step_count[0] += 1
         if controlled:

@@ -21,6 +21,21 @@ interleaved (round 1: all methods, round 2: all methods, ...). A step's time is 
 synchronised interval between the ends of two consecutive steps (every callback's hooks
 included); the median over the steps after ``--warmup``. Prints ``name: value`` lines,
 including each method's throughput over dense (target for MP: >= 0.98).
+
+Section ``semi_structured`` (``--sections``; run first, it takes seconds): inference of
+Transformer base's linear layers (d_model 512, ffn 2048: the attention projections 512 -> 512,
+the feed-forward 512 -> 2048 and 2048 -> 512) on ``--tokens`` tokens (default 4096 and 32768),
+in fp16 and bf16: dense ``F.linear`` against the same 2:4-pruned weight as
+``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt, or CUTLASS where torch has no
+cuSPARSELt). Weights are pruned 2:4 along the input dimension (the 2 largest |w| of every 4
+consecutive inputs kept); the dense weight is that pruned weight, so both compute the same
+product, checked (max |sparse - dense| <= 3e-2 x max |dense|) before timing. Samples of 100
+calls between synchronisations, dense and sparse interleaved, medians; prints
+``semi_structured_<dtype>_<layer>_t<tokens>_{dense_us,sparse_us,speedup}`` (speedup = dense /
+sparse). Eager calls: at 4096 tokens a call may be bound by launch and the sparse subclass's
+Python dispatch rather than the kernel, which the 32768-token figures show less. A shape or
+dtype the GPU has no kernel for prints ``<name>: failed (<error>)``; without CUDA one line
+``semi_structured: skipped (no CUDA device)``.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from typing import Any
 import pytorch_lightning as pl
 import sentencepiece as spm
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 from sparse_lightning.config import compose_config, group_options
@@ -49,6 +65,7 @@ from sparse_lightning.run.console import quiet_third_party
 from sparse_lightning.train import assemble
 
 DEFAULT_METHODS = ["dense", "magnitude", "variational_dropout", "l0"]
+SECTIONS = ("semi_structured", "training")
 # Off in a measurement: validation, checkpoints (ours and Lightning's default), the progress bar
 # (ours and Lightning's default) and the logger.
 MEASUREMENT = [
@@ -223,6 +240,81 @@ def measure(overrides: list[str], batch: Any, steps: int, warmup: int, run_dir: 
     return statistics.median(times)
 
 
+# Transformer base's linear layers, (in_features, out_features), by the name their figures carry.
+TRANSFORMER_BASE_LINEARS = {"attn_proj": (512, 512), "ffn_in": (512, 2048), "ffn_out": (2048, 512)}
+SEMI_STRUCTURED_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+SEMI_STRUCTURED_INNER = 100  # calls per timed sample (one call is tens of microseconds)
+SEMI_STRUCTURED_RTOL = 3e-2  # of max |dense output|: a few bf16 ulps; a wrong layout is O(1)
+
+
+def prune_2_4(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` with the 2 smallest |w| of every 4 consecutive entries along the input (last)
+    dimension set to zero: the 2:4 pattern the sparse tensor cores accelerate."""
+    groups = weight.reshape(-1, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(1, groups.abs().topk(2, dim=1).indices, True)
+    return (groups * keep).reshape(weight.shape)
+
+
+def semi_structured(token_counts: list[int], repeats: int) -> None:
+    """Dense against 2:4 semi-structured ``F.linear`` on Transformer base's layer shapes."""
+    if not torch.cuda.is_available():
+        print("semi_structured: skipped (no CUDA device)", flush=True)
+        return
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    cusparselt = torch.backends.cusparselt.is_available()
+    SparseSemiStructuredTensor._FORCE_CUTLASS = not cusparselt
+    print(f"semi_structured_backend: {'cusparselt' if cusparselt else 'cutlass'}")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for dtype_name, dtype in SEMI_STRUCTURED_DTYPES.items():
+        like = {"device": "cuda", "dtype": dtype, "generator": generator}
+        for layer, (fan_in, fan_out) in TRANSFORMER_BASE_LINEARS.items():
+            weight = prune_2_4(torch.randn(fan_out, fan_in, **like) / fan_in**0.5)
+            bias = torch.randn(fan_out, **like)
+            for tokens in token_counts:
+                name = f"semi_structured_{dtype_name}_{layer}_t{tokens}"
+                x = torch.randn(tokens, fan_in, **like)
+                try:
+                    sparse_weight = to_sparse_semi_structured(weight)
+                    with torch.inference_mode():
+                        dense_out = F.linear(x, weight, bias).float()
+                        sparse_out = F.linear(x, sparse_weight, bias).float()
+                except (RuntimeError, NotImplementedError) as error:  # a kernel this GPU lacks
+                    first_line = str(error).splitlines()[0] if str(error) else ""
+                    print(f"{name}: failed ({type(error).__name__}: {first_line})", flush=True)
+                    continue
+                diff = float((sparse_out - dense_out).abs().max())
+                if diff > SEMI_STRUCTURED_RTOL * float(dense_out.abs().max()):
+                    raise SystemExit(f"bench/gpu.py: {name}: 2:4 output differs by {diff:.3g}")
+                calls = {
+                    "dense": lambda x=x, w=weight, b=bias: F.linear(x, w, b),
+                    "sparse": lambda x=x, w=sparse_weight, b=bias: F.linear(x, w, b),
+                }
+                dense, sparse = interleaved_cuda_medians(calls, repeats).values()
+                print(f"{name}_dense_us: {dense * 1e6:.2f}")
+                print(f"{name}_sparse_us: {sparse * 1e6:.2f}")
+                print(f"{name}_speedup: {dense / sparse:.3f}", flush=True)
+
+
+def interleaved_cuda_medians(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per call: samples of SEMI_STRUCTURED_INNER calls between two
+    synchronisations, the variants interleaved (A B, B A, ...); round 0 warms up."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    order = list(calls)
+    with torch.inference_mode():
+        for r in range(repeats + 1):
+            for variant in order if r % 2 == 0 else order[::-1]:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(SEMI_STRUCTURED_INNER):
+                    calls[variant]()
+                torch.cuda.synchronize()
+                if r > 0:
+                    times[variant].append((time.perf_counter() - start) / SEMI_STRUCTURED_INNER)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=positive_int, default=30)
@@ -231,6 +323,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--methods", nargs="+", default=DEFAULT_METHODS, choices=group_options("method")
     )
+    parser.add_argument(
+        "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+        help="semi_structured: 2:4 inference of Transformer base's linear layers; training: "
+        "throughput per method",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tokens", type=positive_int, nargs="+", default=[4096, 32768],
+        help="semi_structured: tokens per batch (rows of the activation matrix)",
+    )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="CPU, toy sizes: checks the code path")
     return parser.parse_args()
 
@@ -246,6 +347,14 @@ def main() -> None:
             raise SystemExit("bench/gpu.py: no CUDA device (use --smoke to check the code path)")
         device = "cuda"
         print(f"gpu: {torch.cuda.get_device_name()}")
+    if "semi_structured" in args.sections:
+        semi_structured(args.tokens, repeats=2 if args.smoke else 20)
+    if "training" in args.sections:
+        training(args, device)
+
+
+def training(args: argparse.Namespace, device: str) -> None:
+    """Training throughput per method, for each paper model."""
     for name, work in workloads(args.smoke, device).items():
         times: dict[str, list[float]] = {m: [] for m in args.methods}
         with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:

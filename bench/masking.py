@@ -8,7 +8,11 @@ hits every variant alike):
   applied by sparse_lightning's optimiser step hook, over the same dense step;
 - torch_prune_step_over_dense: the same with torch.nn.utils.prune's forward pre-hooks;
 - mask_update_over_step: one MP mask update over the resnet50 weight set, over one resnet50
-  training step (batch 8, 64x64).
+  training step (batch 8, 64x64);
+- {set,rigl}_step_over_dense and {set,rigl}_update_step_over_dense: resnet18 as above at 90 %
+  sparse from scratch, a plain step and an update step (the step, then drop-and-grow over every
+  tensor: RigL reads the dense gradient the step left, SET draws random scores), over the dense
+  step.
 Then the reparameterised methods' figures (bench/reparameterised.py) when that module exists,
 with the VD / l0 passes on ``--backend`` (``sparse_lightning.layers.backends``; default auto).
 """
@@ -28,8 +32,9 @@ import torchvision
 from torch import nn
 
 from sparse_lightning.callbacks import MagnitudePruning
+from sparse_lightning.callbacks.sparse_training import GradientGrowth, RandomGrowth, SparseTraining
 from sparse_lightning.layers.backends import BACKENDS, use_backend
-from sparse_lightning.schedules import PolynomialSchedule
+from sparse_lightning.schedules import DropFractionSchedule, PolynomialSchedule
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:
@@ -121,6 +126,30 @@ def update_ratio(repeats: int) -> dict[str, float]:
     return {"mask_update_over_step": medians["update"] / medians["step"]}
 
 
+def drop_grow_ratios(repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18(num_classes=100)
+    batch = (torch.randn(16, 3, 64, 64), torch.randint(0, 100, (16,)))
+    dense = copy.deepcopy(base)
+    fns = {"dense": training_step(dense, sgd(dense), batch)}
+    for name, grow in (("set", RandomGrowth(seed=0)), ("rigl", GradientGrowth())):
+        model = copy.deepcopy(base)
+        schedule = DropFractionSchedule(begin_step=0, end_step=10**6, frequency=1)
+        method = SparseTraining(0.9, grow=grow, schedule=schedule)
+        method.attach(model)
+        optimizer = sgd(model)
+        optimizer.register_step_post_hook(method._after_step)
+        step = training_step(model, optimizer, batch)
+
+        def update_step(step=step, method=method, optimizer=optimizer) -> None:
+            step()
+            method.update_masks(1, [optimizer])
+
+        fns[f"{name}_step"], fns[f"{name}_update_step"] = step, update_step
+    medians = interleaved_medians(fns, repeats)
+    return {f"{k}_over_dense": v / medians["dense"] for k, v in medians.items() if k != "dense"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -128,7 +157,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"backend: {use_backend(args.backend)}", flush=True)
     torch.set_num_threads(2)
-    for name, value in {**step_ratios(args.repeats), **update_ratio(args.repeats)}.items():
+    figures = {
+        **step_ratios(args.repeats),
+        **update_ratio(args.repeats),
+        **drop_grow_ratios(args.repeats),
+    }
+    for name, value in figures.items():
         print(f"{name}: {value:.3f}", flush=True)
     try:
         import reparameterised  # bench/reparameterised.py: VD and l0 figures
