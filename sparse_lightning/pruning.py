@@ -2,6 +2,8 @@
 
 Every mask-deciding method (magnitude, random) is "keep the highest-scoring entries among those
 still alive"; only the score differs. Pruned entries get score -inf, so a mask only shrinks.
+An N:M pattern (``patterns.py``) adds one rule: the N highest of every group of M are never
+pruned (``nm_masks``), and drop-and-grow regrows within each group what it lost (``nm_regrow``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+
+from sparse_lightning.patterns import grouped, ungrouped
 
 SAMPLED_SELECT_MIN = 1 << 16  # below this many entries a plain kthvalue is as fast
 SAMPLE_SIZE = 4096
@@ -95,3 +99,52 @@ def global_masks(
         out.append(keep[start : start + m.numel()].view_as(m))
         start += m.numel()
     return out
+
+
+def top_n_per_group(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Bool mask of the ``n`` highest-scoring entries of every group of ``m`` (groups as in
+    ``patterns.grouped``); ties go to the lower position, as in ``keep_top``, so every DDP rank
+    and rerun picks the same entries."""
+    groups = grouped(scores, m)
+    order = groups.sort(dim=1, descending=True, stable=True).indices[:, :n]
+    top = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True)
+    return ungrouped(top, scores.shape)
+
+
+def nm_masks(
+    scores: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    sparsities: Sequence[float],
+    n: int,
+    m: int,
+) -> list[torch.Tensor]:
+    """``layerwise_masks`` under an N:M pattern: the N highest-scoring live entries of every
+    group are protected (score +inf), the rest compete as before.
+
+    So along a schedule up to 1 - N/M no group falls below N, and at 1 - N/M exactly N per group
+    remain: the kept count is then the protected count (and never below it: a schedule that
+    starts above 1 - N/M, ``initial_sparsity``, still leaves N per group). Only live entries are
+    protected, so a pruned entry never revives, even in a group that entered with fewer than N
+    (a mask from elsewhere)."""
+    out = []
+    for s, mask, sp in zip(scores, masks, sparsities):
+        alive = alive_scores(s, mask)
+        protected = top_n_per_group(alive, n, m) & mask
+        n_keep = max(n_to_keep(mask.numel(), sp), int(protected.sum()))
+        out.append(keep_top(alive.masked_fill_(protected, float("inf")), n_keep))
+    return out
+
+
+def nm_regrow(grow_scores: torch.Tensor, kept: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The entries to grow so that every group of ``m`` holds ``n`` again after a drop: in each
+    group as many as it lost (``n`` minus its ``kept`` count), those of highest ``grow_scores``
+    among its entries not kept (the ones just dropped included); ties to the lower position.
+    ``kept`` holds at most ``n`` per group; the result never overlaps it. One sort over
+    (groups, m), no loop over groups."""
+    held = grouped(kept, m)
+    candidates = grouped(grow_scores.float(), m).masked_fill(held, float("-inf"))
+    order = candidates.sort(dim=1, descending=True, stable=True).indices
+    need = (n - held.sum(dim=1, keepdim=True)).clamp_(min=0)
+    rank = torch.arange(m, device=kept.device).expand_as(order)
+    grow = torch.zeros_like(held).scatter_(1, order, rank < need) & ~held
+    return ungrouped(grow, kept.shape)

@@ -1,5 +1,10 @@
 """Gradual pruning (Zhu & Gupta 2017), as Gale et al. (2019) run it: on the cubic schedule the
-lowest-scoring live weights are masked; the score is the method (magnitude, random, SNIP...)."""
+lowest-scoring live weights are masked; the score is the method (magnitude, random, SNIP...).
+
+With an N:M ``pattern`` (``patterns.py``) the schedule runs as before to 1 - N/M, but the N
+highest-scoring live weights of every group of M are never pruned (``pruning.nm_masks``): in
+between no group falls below N, at the end step every group holds exactly N. Any score works
+(magnitude: the N largest |w| of each group survive; random, SNIP: their own scores)."""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from sparse_lightning.budgets import LayerBudget
 from sparse_lightning.callbacks.base import SparsityCallback
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.pruning import global_masks, layerwise_masks
+from sparse_lightning.masks import MaskSet
+from sparse_lightning.patterns import check_selected, checked_pattern
+from sparse_lightning.pruning import global_masks, layerwise_masks, nm_masks
 from sparse_lightning.schedules import PolynomialSchedule
 from sparse_lightning.selection import LayerSelection
 
@@ -36,7 +44,10 @@ class GradualPruning(SparsityCallback):
     After optimiser step t (``trainer.global_step``), when the schedule says so, each weight
     tensor is pruned to s_t scaled to its own target from ``budget`` (``scope=layer``), or the
     weights the budget leaves free are ranked together (``scope=global``; the others keep their
-    own target). The target is the schedule's final sparsity.
+    own target). The target is the schedule's final sparsity. ``pattern`` ("N:M", e.g. "2:4")
+    keeps N of every M consecutive input weights (module docstring); it needs the target 1 - N/M,
+    the uniform budget and ``scope=layer``, and every selected tensor's input dimension a
+    multiple of M (all checked before training, as ConfigErrors).
     """
 
     def __init__(
@@ -46,15 +57,28 @@ class GradualPruning(SparsityCallback):
         selection: LayerSelection | None = None,
         budget: LayerBudget | None = None,
         scope: str = "layer",
+        pattern: str | None = None,
     ) -> None:
         super().__init__(schedule.final_sparsity, selection, budget)
         if scope not in SCOPES:
             raise ConfigError(f"scope='{scope}' is not one of {', '.join(SCOPES)}")
+        self.pattern = checked_pattern(pattern, self.target_sparsity, self.budget, scope)
         self.score = score
         self.method_name = score.name
         self.schedule = schedule
         self.scope = scope
         self.last_update_step = -1
+
+    def attach(self, model: nn.Module) -> MaskSet:
+        """As every method; under a pattern every selected tensor's groups must divide first (a
+        ConfigError naming the ones that do not, before any mask buffer exists)."""
+        if self.mask_set is None and self.pattern is not None:
+            check_selected(model, self.selection.select(model), self.pattern)
+        return super().attach(model)
+
+    def record(self) -> dict[str, Any]:
+        """results.json's ``method_details``: the pattern, when one is set."""
+        return {} if self.pattern is None else {"pattern": str(self.pattern)}
 
     def check_budget(self, max_steps: int) -> None:
         if max_steps is not None and 0 < max_steps < self.schedule.end_step:
@@ -86,7 +110,9 @@ class GradualPruning(SparsityCallback):
         targets = [self.layer_targets[e.name] * fraction for e in entries]
         masks = [e.mask for e in entries]
         scores = self.score([e.weight for e in entries], step)
-        if self.scope == "layer":
+        if self.pattern is not None:
+            new = nm_masks(scores, masks, targets, self.pattern.n, self.pattern.m)
+        elif self.scope == "layer":
             new = layerwise_masks(scores, masks, targets)
         else:
             new = list(masks)

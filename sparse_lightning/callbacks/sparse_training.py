@@ -11,6 +11,12 @@ per-layer sparsity never changes. The gradient is already dense: masks zero the 
 and the forward pass uses the whole tensor, so RigL reads ``.grad`` on update steps and does no
 extra work on the others. Random choices depend only on (seed, step): every rerun, resume and
 DDP rank draws the same masks.
+
+With an N:M ``pattern`` (``patterns.py``; the target must be 1 - N/M) the starting mask keeps N
+random entries of every group of M (the highest of the same (seed, 0) draws), and each update
+drops as above (the floor(f(t) k) smallest |w| live entries of the tensor), then regrows in every
+group exactly as many as it lost, by the same grow score, among its entries not kept
+(``pruning.nm_regrow``): every group holds exactly N after every update.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from sparse_lightning.budgets import LayerBudget
 from sparse_lightning.callbacks.base import SparsityCallback, checked_seed, reset_optimizer_state
 from sparse_lightning.callbacks.random import RandomScore, update_generator
 from sparse_lightning.errors import ConfigError
-from sparse_lightning.pruning import alive_scores, keep_top, n_to_keep
+from sparse_lightning.patterns import check_selected, checked_pattern
+from sparse_lightning.pruning import alive_scores, keep_top, n_to_keep, nm_regrow, top_n_per_group
 from sparse_lightning.schedules import DropFractionSchedule
 from sparse_lightning.selection import LayerSelection
 
@@ -62,7 +69,8 @@ class GradientGrowth:
 
 
 class SparseTraining(SparsityCallback):
-    """Static sparse training (``grow`` None) or drop-and-grow (``grow`` and ``schedule``)."""
+    """Static sparse training (``grow`` None) or drop-and-grow (``grow`` and ``schedule``);
+    ``pattern`` ("N:M") keeps N of every M consecutive input weights throughout."""
 
     def __init__(
         self,
@@ -72,10 +80,12 @@ class SparseTraining(SparsityCallback):
         schedule: DropFractionSchedule | None = None,
         selection: LayerSelection | None = None,
         budget: LayerBudget | None = None,
+        pattern: str | None = None,
     ) -> None:
         super().__init__(target_sparsity, selection, budget)
         if (grow is None) != (schedule is None):
             raise ConfigError("drop-and-grow needs both a grow rule and a schedule (or neither)")
+        self.pattern = checked_pattern(pattern, self.target_sparsity, self.budget)
         self.seed = checked_seed(seed)
         self.grow = grow
         self.schedule = schedule
@@ -83,19 +93,30 @@ class SparseTraining(SparsityCallback):
         self.last_update_step = -1
 
     def attach(self, model: torch.nn.Module):
-        """Masks at the budget from the start: each tensor keeps exactly its count, drawn
-        uniformly at random from (seed, 0), before the first forward pass."""
+        """Masks at the budget from the start: each tensor keeps exactly its count (under a
+        pattern: N of every group, whose input dimension must divide by M), drawn uniformly at
+        random from (seed, 0), before the first forward pass."""
         fresh = self.mask_set is None
+        if fresh and self.pattern is not None:
+            check_selected(model, self.selection.select(model), self.pattern)
         mask_set = super().attach(model)
         if fresh:
             generator = update_generator(self.seed, INITIAL_MASK_STEP)
             masks = {}
             for entry in mask_set.entries:
                 scores = torch.rand(entry.mask.shape, generator=generator)
-                keep = n_to_keep(entry.mask.numel(), self.layer_targets[entry.name])
-                masks[entry.name] = keep_top(scores, keep).to(entry.mask.device)
+                if self.pattern is not None:
+                    keep = top_n_per_group(scores, self.pattern.n, self.pattern.m)
+                else:
+                    count = n_to_keep(entry.mask.numel(), self.layer_targets[entry.name])
+                    keep = keep_top(scores, count)
+                masks[entry.name] = keep.to(entry.mask.device)
             mask_set.set_masks(masks)
         return mask_set
+
+    def record(self) -> dict[str, Any]:
+        """results.json's ``method_details``: the pattern, when one is set."""
+        return {} if self.pattern is None else {"pattern": str(self.pattern)}
 
     def changes_at(self, step: int) -> bool:
         return self.schedule is not None and self.schedule.is_update_step(step)
@@ -121,7 +142,10 @@ class SparseTraining(SparsityCallback):
             live = n_to_keep(entry.mask.numel(), self.layer_targets[entry.name])
             n_update = int(live * fraction)  # RigL: floor(n_ones * drop_fraction)
             kept = keep_top(alive_scores(weight.detach().abs(), entry.mask), live - n_update)
-            added = keep_top(alive_scores(grow_score.clone(), ~kept), n_update)
+            if self.pattern is not None:
+                added = nm_regrow(grow_score, kept, self.pattern.n, self.pattern.m)
+            else:
+                added = keep_top(alive_scores(grow_score.clone(), ~kept), n_update)
             new_masks[entry.name] = kept | added
             new = added & ~entry.mask
             weight[new] = 0.0
