@@ -11,8 +11,10 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 
 from sparse_lightning.callbacks import L0Regularization, VariationalDropout
+from sparse_lightning.config import compose_config
 from sparse_lightning.control import SparsityController
 from sparse_lightning.errors import ConfigError
 from sparse_lightning.layers import variational_dropout as vd
@@ -299,3 +301,16 @@ def test_controlled_vd_reaches_95_percent_on_an_untuned_mlp_without_diverging(tm
     results = json.loads((run / "results.json").read_text())
     assert results["sparsity"] == pytest.approx(0.95, abs=1e-4)
     assert results["metrics"]["test/acc"] > 0.3  # chance is 0.1
+
+
+@pytest.mark.parametrize(
+    "overrides, clip",
+    [
+        (["method=variational_dropout"], 1.0),
+        (["method=l0"], None),  # its regulariser has no gradient on theta
+        (["experiment=sos_resnet50", "method=variational_dropout", "sparsity=s90"], None),
+    ],
+)
+def test_controlled_vd_is_clipped_at_norm_one_and_l0_and_the_paper_presets_are_not(overrides, clip):
+    method = instantiate(compose_config(overrides).method)
+    assert (method.controller.max_grad_norm if method.controller else None) == clip
