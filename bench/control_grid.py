@@ -5,7 +5,8 @@
 Runs ``sparse-train -m method=variational_dropout,l0 method.control=target,fixed <overrides>``
 on the joblib launcher (two jobs), then prints one line per (method, control, level): the
 sparsity reached, the evaluation rule's sparsity just before the end (how closely the controller
-tracked; the ranking settles the rest) and test accuracy, as mean and spread over the seeds.
+tracked; the ranking settles the rest) and test accuracy (translation: tokenised BLEU), as mean
+and spread over the seeds.
 The sweep folder is kept, so ``sparse-report <out>`` tabulates it too.
 """
 
@@ -20,6 +21,8 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+METRICS = ("test/bleu_tok", "test/acc")  # the first a run has is shown (translation: BLEU)
 
 
 def rule_before_finish(run: Path, steps: int) -> float:
@@ -44,10 +47,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="sweep folder")
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--controls", default="target,fixed", help="method.control values")
+    parser.add_argument("--methods", default="variational_dropout,l0", help="method values")
     parser.add_argument("overrides", nargs="*", help="extra sparse-train overrides")
     args = parser.parse_args()
     command = [
-        "sparse-train", "-m", "method=variational_dropout,l0", control_override(args.controls),
+        "sparse-train", "-m", f"method={args.methods}", control_override(args.controls),
         "logger=csv", "hydra/launcher=parallel", f"hydra.launcher.n_jobs={args.n_jobs}",
         f"hydra.sweep.dir={args.out}", *args.overrides,
     ]  # fmt: skip
@@ -59,8 +63,9 @@ def main() -> None:
         control = r["method_details"]["control"]
         before = rule_before_finish(results_file.parent, r["steps"])
         key = (r["model"], r["method"], control, r["target_sparsity"])
-        cells[key].append((r["sparsity"], before, r["metrics"]["test/acc"]))
-    print("model method control target: reached, rule before the end, test acc (mean +- sd, n)")
+        metric = next(m for m in METRICS if m in r["metrics"])
+        cells[key].append((r["sparsity"], before, r["metrics"][metric]))
+    print(f"model method control target: reached, rule before the end, {metric} (mean +- sd, n)")
     for (model, method, control, target), values in sorted(cells.items()):
         reached, before, acc = zip(*values)
         spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
