@@ -10,6 +10,9 @@ Writes into the folder (or ``--out``):
   when the metric is the one the paper reports, never another (sacreBLEU is not the paper's
   tokenised BLEU);
 - ``layers.png``: per-layer sparsity per method (the paper's layer-distribution figure);
+- ``flops.png``: metric vs training FLOPs (results.json ``flops.training.sparse``, log scale),
+  one line per method over its sparsity levels and the dense baseline as a point, as RigL's
+  accuracy-vs-FLOPs figures (Evci et al. 2020); runs without a FLOPs record are left out;
 - ``curves.png``: per run logged with ``logger=csv``, sparsity reached against its target over
   training and the VD / l0 regulariser weight (the controller's multiplier under
   ``method.control=target``).
@@ -45,6 +48,7 @@ METRIC_NOTES = {
 METHOD_ORDER = ("magnitude", "random", "variational_dropout", "l0")
 CURVES = ("sparsity/global", "sparsity/target", "sparsity/reg_weight")  # run/monitor.py
 DENSE = "dense"
+OUTPUTS = ("results.csv", "results.md", "tradeoff.png", "flops.png", "layers.png", "curves.png")
 CSV_FIELDS = (
     "run", "method", "model", "data", "init", "seed", "target_sparsity", "sparsity", "steps",
     "seconds", "parameters",
@@ -289,6 +293,58 @@ def plot_tradeoff(runs: Sequence[Run], metric: str, path: Path) -> list[str]:
     return labels
 
 
+def training_flops_of(run: Run) -> float:
+    """The run's training FLOPs (sparse, whole run); 0 if its results.json has none."""
+    return float(run.results.flops.training.get("sparse", 0.0))
+
+
+def plot_flops(runs: Sequence[Run], metric: str, path: Path) -> list[str]:
+    """Metric vs training FLOPs (log x; mean +- std over seeds of both), one line per method
+    through its sparsity levels, the dense baseline as a point. Returns the legend labels."""
+    plt = _pyplot()
+    scale = display_scale(metric)
+    labels: list[str] = []
+    groups = by_group(runs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    colours = _colours(plt, runs)
+    for ax, ((model, data, init), group) in zip(axes[0], groups.items()):
+        counted = [r for r in group if _has(r, metric) and training_flops_of(r) > 0]
+        for method in [DENSE, *methods_of(counted)]:
+            points: dict[float, list[Run]] = defaultdict(list)
+            for run in counted:
+                if run.method == method:
+                    points[run.target_percent].append(run)
+            if not points:
+                continue
+            xs, ys, xerrs, yerrs = [], [], [], []
+            for _, cell in sorted(points.items()):
+                x_mean, x_std = mean_std([training_flops_of(r) for r in cell])
+                y_mean, y_std = mean_std([scale * r.results.metrics[metric] for r in cell])
+                xs.append(x_mean)
+                xerrs.append(x_std)
+                ys.append(y_mean)
+                yerrs.append(y_std)
+            ax.errorbar(xs, ys, xerr=xerrs, yerr=yerrs, marker="s" if method == DENSE else "o",
+                        capsize=3, color="grey" if method == DENSE else colours[method],
+                        label=method)  # fmt: skip
+        left_out = len(group) - len(counted)
+        if left_out:
+            ax.text(0.01, 0.01, f"{left_out} runs without FLOPs or {metric}: not drawn",
+                    fontsize=7, transform=ax.transAxes)  # fmt: skip
+        if counted:
+            ax.set_xscale("log")
+            ax.legend(fontsize=7)
+        ax.set_title(f"{model} on {data} ({init})")
+        ax.set_xlabel("training FLOPs (whole run, RigL's count)")
+        ax.set_ylabel(metric_label(metric, scale), fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+        labels += ax.get_legend_handles_labels()[1]
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return labels
+
+
 def plot_layers(runs: Sequence[Run], path: Path) -> None:
     """Per-layer sparsity per method (mean over seeds), one panel per model and target."""
     plt = _pyplot()
@@ -380,7 +436,7 @@ def _colours(plt: Any, runs: Iterable[Run]) -> dict[str, Any]:
 def report(
     folder: Path, out: Path | None = None, metric: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Write the five outputs; returns their paths, the runs and the skipped runs."""
+    """Write the six outputs; returns their paths, the runs and the skipped runs."""
     runs, skipped = collect(folder, progress=progress)
     if not runs:
         reasons = "; ".join(f"{p}: {why}" for p, why in skipped[:3])
@@ -390,14 +446,12 @@ def report(
     metric = main_metric(runs, metric)
     out = Path(out or folder)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        name: out / name
-        for name in ("results.csv", "results.md", "tradeoff.png", "layers.png", "curves.png")
-    }
+    paths = {name: out / name for name in OUTPUTS}
     steps = [
         ("results.csv", lambda: write_csv(runs, paths["results.csv"])),
         ("results.md", lambda: paths["results.md"].write_text(markdown(runs, metric, skipped))),
         ("tradeoff.png", lambda: plot_tradeoff(runs, metric, paths["tradeoff.png"])),
+        ("flops.png", lambda: plot_flops(runs, metric, paths["flops.png"])),
         ("layers.png", lambda: plot_layers(runs, paths["layers.png"])),
         ("curves.png", lambda: plot_curves(folder, runs, paths["curves.png"])),
     ]

@@ -34,6 +34,7 @@ from sparse_lightning.resume import plan_run, record_run
 from sparse_lightning.run.checkpoint_io import AtomicCheckpointIO
 from sparse_lightning.run.console import quiet_third_party
 from sparse_lightning.run.finite_loss import FiniteLossGuard, NonFiniteLossError
+from sparse_lightning.run.flops_meter import FlopsMeter
 from sparse_lightning.run.folder import (
     INIT_FILE,
     MASKS_FILE,
@@ -153,7 +154,8 @@ def train(cfg: DictConfig) -> RunResults:
         print(f"sparse-train: {run_dir} already finished (skip_finished=false runs it again)")
         return read_results(run_dir)
 
-    run = assemble(cfg, run_dir)
+    meter = FlopsMeter()
+    run = assemble(cfg, run_dir, extra_callbacks=[meter])
     rank_zero_only(record_run)(run_dir, overrides)
     method, trainer, module, datamodule = run.method, run.trainer, run.module, run.datamodule
     mask_set = method.attach(run.model)
@@ -182,6 +184,7 @@ def train(cfg: DictConfig) -> RunResults:
         overrides=overrides,
         resumed_from_step=plan.resumed_from_step,
         method_details=method.record(),
+        flops=meter.record(method, trainer.global_step),
     )
     write_outputs(run_dir, results, mask_set.masks())
     publish_results(run.logger, results.to_json())

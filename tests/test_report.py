@@ -146,6 +146,7 @@ def test_console_script_shows_progress(sweep: Path, tmp_path: Path) -> None:
     assert "reading runs: 100%" in result.stderr and "writing report: 100%" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "curves.png",
+        "flops.png",
         "layers.png",
         "results.csv",
         "results.md",

@@ -14,7 +14,7 @@ from sparse_lightning.run.results import InitRecord, RunResults
 TOP_LEVEL = [
     "method", "model", "data", "init", "seed", "target_sparsity", "sparsity", "layer_sparsity",
     "metrics", "steps", "seconds", "parameters", "overrides", "resumed_from_step",
-    "method_details",
+    "method_details", "flops",
 ]  # fmt: skip
 
 

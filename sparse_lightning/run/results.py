@@ -54,6 +54,29 @@ class InitRecord:
 
 
 @dataclass
+class FlopsRecord:
+    """FLOPs of the run, in RigL's convention (``sparse_lightning/flops.py``): matmul and conv
+    FLOPs (2 per multiply-add), each op scaled by the density of the masked weight it uses.
+
+    ``inference``: one forward pass per example, ``dense`` (every mask full) and ``sparse`` (the
+    final masks). ``training``: the whole run, all examples on all ranks: ``dense`` = 3 f_D per
+    example and step, ``sparse`` = 3 f_S(t), or 2 f_S(t) + f_D on ``dense_gradient_steps``
+    (RigL's updates); VD and l0 train dense. ``examples_per_step`` (batch x gradient
+    accumulation x ranks, from the first batch: token batches vary, so there it is an
+    estimate) and the ``steps`` covered. Empty (all zero) for a run that recorded none."""
+
+    inference: dict[str, float] = field(default_factory=dict)
+    training: dict[str, float] = field(default_factory=dict)
+    examples_per_step: int = 0
+    steps: int = 0
+    dense_gradient_steps: int = 0
+
+    @classmethod
+    def from_json(cls, data: Any) -> FlopsRecord:
+        return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
+
+
+@dataclass
 class RunResults:
     """One finished run (see the module docstring for ``method``)."""
 
@@ -72,6 +95,7 @@ class RunResults:
     overrides: list[str] = field(default_factory=list)
     resumed_from_step: int = 0
     method_details: dict[str, Any] = field(default_factory=dict)  # method.record()
+    flops: FlopsRecord = field(default_factory=FlopsRecord)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +112,7 @@ class RunResults:
             raise ValueError(f"older format: wrong type of {', '.join(wrong)}")
         values = _known(cls, data)
         values["init"] = InitRecord.from_json(data.get("init", "standard"))
+        values["flops"] = FlopsRecord.from_json(data.get("flops"))
         values.setdefault("data", None)
         return cls(**values)
 
