@@ -48,10 +48,11 @@ METRIC_NOTES = {
 METHOD_ORDER = ("magnitude", "random", "variational_dropout", "l0")
 CURVES = ("sparsity/global", "sparsity/target", "sparsity/reg_weight")  # run/monitor.py
 DENSE = "dense"
+UNIFORM = "uniform"  # the paper's layer budget: a method's label names any other
 OUTPUTS = ("results.csv", "results.md", "tradeoff.png", "flops.png", "layers.png", "curves.png")
 CSV_FIELDS = (
-    "run", "method", "model", "data", "init", "seed", "target_sparsity", "sparsity", "steps",
-    "seconds", "parameters",
+    "run", "method", "budget", "model", "data", "init", "seed", "target_sparsity", "sparsity",
+    "steps", "seconds", "parameters",
 )  # fmt: skip
 
 
@@ -69,9 +70,12 @@ class Run:
 
     @property
     def method(self) -> str:
-        """The method whose masks the run has: a run that retrained another run's masks
-        (method ``fixed_mask``) is tabled under its source's method, in its init's group."""
-        return self.results.init.source_method or self.results.method
+        """The method whose masks the run has, and its layer budget unless uniform (the paper's):
+        ``rigl (erk)``. A run that retrained another run's masks (method ``fixed_mask``) is
+        tabled under its source's method, in its init's group."""
+        method = self.results.init.source_method or self.results.method
+        budget = self.results.method_details.get("budget", UNIFORM)
+        return method if budget == UNIFORM or method == DENSE else f"{method} ({budget})"
 
     @property
     def dense(self) -> bool:
@@ -163,7 +167,12 @@ def write_csv(runs: Sequence[Run], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow([*CSV_FIELDS, *metrics])
         for run in sorted(runs, key=lambda r: str(r.path)):
-            row = {**run.results.to_json(), "init": run.results.init.variant, "run": str(run.path)}
+            row = {
+                **run.results.to_json(),
+                "budget": run.results.method_details.get("budget", ""),
+                "init": run.results.init.variant,
+                "run": str(run.path),
+            }
             writer.writerow(
                 [row.get(k, "") for k in CSV_FIELDS]
                 + [run.results.metrics.get(m, "") for m in metrics]

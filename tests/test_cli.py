@@ -34,6 +34,7 @@ def test_results_json_has_every_field_and_the_schedules_sparsity(magnitude_run):
         "overrides",
         "resumed_from_step",
         "method_details",
+        "flops",
     ]
     assert results["init"]["variant"] == "standard" and results["init"]["mask_from"] is None
     assert isinstance(results["method_details"], dict)

@@ -210,7 +210,7 @@ def test_along_the_schedule_no_group_falls_below_n_and_at_the_end_every_group_ha
             before[entry.name] = mask.clone()
     for entry in method.mask_set.entries:
         assert by_hand_counts(entry.mask).tolist() == [2] * (entry.mask.numel() // 4), entry.name
-    assert method.record() == {"pattern": "2:4"}
+    assert method.record() == {"budget": "uniform", "pattern": "2:4"}
 
 
 # -- static, SET, RigL --------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def test_every_group_holds_exactly_n_after_every_drop_and_grow_update(grow):
             assert dropped <= int(live * DROP_GROW.fraction_at(step))
             changed += dropped
     assert changed > 0
-    assert method.record() == {"pattern": "2:4"}
+    assert method.record() == {"budget": "uniform", "pattern": "2:4"}
 
 
 def test_rigl_regrows_in_each_group_what_it_lost_where_its_gradient_is_largest():
@@ -368,7 +368,7 @@ def test_a_magnitude_run_with_2_4_ends_with_every_group_of_four_at_two_and_expor
         *TINY,
     )
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["method_details"] == {"pattern": "2:4"}
+    assert results["method_details"] == {"budget": "uniform", "pattern": "2:4"}
     assert results["sparsity"] == 0.5
     masks = torch.load(tmp_path / "masks.pt")
     assert set(masks) == {"3.weight", "6.weight", "10.weight", "12.weight"}
@@ -402,7 +402,8 @@ def test_a_rigl_run_with_2_4_keeps_every_group_of_four_at_two(tmp_path):
         *TINY,
     )
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["method"] == "rigl" and results["method_details"] == {"pattern": "2:4"}
+    assert results["method"] == "rigl"
+    assert results["method_details"] == {"budget": "uniform", "pattern": "2:4"}
     for name, mask in torch.load(tmp_path / "masks.pt").items():
         assert by_hand_counts(mask).tolist() == [2] * (mask.numel() // 4), name
 

@@ -15,6 +15,7 @@ import pytest
 from sparse_lightning import paper_results, report
 from sparse_lightning.run.folder import read_results, write_results
 from sparse_lightning.run.results import InitRecord, RunResults
+from tests.conftest import TINY, run_cli
 
 LAYERS = {"conv.weight": 0.0, "fc.weight": 0.0}
 # (method, target, seed) -> test/acc; chosen so every cell's mean and std are easy to check.
@@ -243,3 +244,20 @@ def test_the_sparsity_curves_a_run_logged_are_read_and_drawn(tmp_path: Path) -> 
     out = report.report(root, progress=False)["paths"]["curves.png"]
     assert matplotlib.image.imread(out).shape[0] > 100
     assert report.read_curves(write_run(root, "cnn1d", "dense", 0.0, 0, 0.8)) == {}
+
+
+def test_runs_with_another_layer_budget_are_tabled_as_their_own_method(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for budget in ("uniform", "erk"):
+        run_cli(sweep / budget, "method=magnitude", f"budget={budget}", *TINY)
+    assert report.main([str(sweep), "--no-progress"]) == 0
+
+    header = next(
+        line for line in (sweep / "results.md").read_text().splitlines() if "| sparsity |" in line
+    )
+    assert header.startswith("| sparsity | magnitude | magnitude (erk) |")
+    rows = {r["run"]: r for r in csv.DictReader((sweep / "results.csv").open())}
+    assert {(r["method"], r["budget"]) for r in rows.values()} == {
+        ("magnitude", "uniform"),
+        ("magnitude", "erk"),
+    }

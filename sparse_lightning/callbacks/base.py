@@ -97,9 +97,9 @@ class SparsityCallback(pl.Callback):
         return f"{self.method_name} at sparsity {self.mask_set.sparsity():.4f}"
 
     def record(self) -> dict[str, Any]:
-        """What results.json records about the method that ran, beyond its name (a method whose
-        numbers depend on a choice made at run time, e.g. a kernel backend, adds it here)."""
-        return {}
+        """What results.json records about the method that ran, beyond its name: the layer
+        budget, and whatever else its numbers depend on (a method adds it to this)."""
+        return {"budget": self.budget.name}
 
     def check_budget(self, max_steps: int) -> None:
         """Raise ConfigError if the schedule cannot finish within ``max_steps`` optimiser steps."""

@@ -77,8 +77,9 @@ class GradualPruning(SparsityCallback):
         return super().attach(model)
 
     def record(self) -> dict[str, Any]:
-        """results.json's ``method_details``: the pattern, when one is set."""
-        return {} if self.pattern is None else {"pattern": str(self.pattern)}
+        """results.json's ``method_details``: the budget, and the pattern when one is set."""
+        pattern = {} if self.pattern is None else {"pattern": str(self.pattern)}
+        return {**super().record(), **pattern}
 
     def check_budget(self, max_steps: int) -> None:
         if max_steps is not None and 0 < max_steps < self.schedule.end_step:

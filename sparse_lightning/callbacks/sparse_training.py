@@ -115,8 +115,9 @@ class SparseTraining(SparsityCallback):
         return mask_set
 
     def record(self) -> dict[str, Any]:
-        """results.json's ``method_details``: the pattern, when one is set."""
-        return {} if self.pattern is None else {"pattern": str(self.pattern)}
+        """results.json's ``method_details``: the budget, and the pattern when one is set."""
+        pattern = {} if self.pattern is None else {"pattern": str(self.pattern)}
+        return {**super().record(), **pattern}
 
     def changes_at(self, step: int) -> bool:
         return self.schedule is not None and self.schedule.is_update_step(step)

@@ -151,7 +151,7 @@ class RegularisedSparsity(SparsityCallback):
     def record(self) -> dict[str, Any]:
         """The backend that computed the passes (its random numbers differ from the other's) and
         how the regulariser weight was set."""
-        return {"backend": backends.active(), "control": self.control}
+        return {**super().record(), "backend": backends.active(), "control": self.control}
 
     def loss(self) -> torch.Tensor:
         """weight(t) * sum of the layers' regularisers (computed by their training forward)."""
